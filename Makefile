@@ -1,0 +1,54 @@
+# posttrain — the two README commands (`make speedrun`, `make test`) and friends.
+# Every target creates .venv when it is missing and installs the project into it with pip.
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+RUN    ?= speedrun
+WORLD  ?=
+ARGS   ?=
+RUN_DIR := runs/$(RUN)
+
+# The torch build: a CUDA machine takes PyPI's default wheel; a machine without a GPU takes the CPU build
+# (2.13 is the CPU wheel this project is tested with; pip finds it in a local wheel folder when one is set up).
+# Override with `make TORCH_SPEC='torch==X' ...`.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo 'torch==2.13.*')
+
+.PHONY: speedrun test lint bench install install-dev clean-venv
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-install only when pyproject.toml changes.
+$(VENV)/.stamp-base: pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q --upgrade "pip>=23"
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	$(VPY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.stamp-base
+install-dev: $(VENV)/.stamp-dev
+
+# The whole pipeline on the embedded world (CONTRACTS §1). WORLD=<dir> imports a user's own world instead.
+# ARGS go to every stage; <STAGE>_ARGS (WORLD_ARGS, TOKENIZER_ARGS, ...) to one stage only.
+speedrun: $(VENV)/.stamp-base
+	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
+	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
+	@echo "speedrun done: $(RUN_DIR)/report.md"
+
+test: $(VENV)/.stamp-dev
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-dev
+	$(VPY) -m ruff check src recipes tests bench evals
+	$(VPY) -m ruff format --check src recipes tests bench evals
+
+bench: $(VENV)/.stamp-dev
+	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(VPY) "$$b" || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,40 @@
+"""Generate the embedded fictional world (or import your own) into runs/<run>/world/.
+
+    python recipes/world.py --config recipes/world/world.yaml [--seed 1] [--scale 10]
+    python recipes/world.py --config recipes/world/world.yaml --from_dir path/to/my_world
+"""
+
+from posttrain import world as world_lib
+from posttrain.configs import WorldConfig, parse_config, to_dict
+from posttrain.errors import entrypoint
+from posttrain.lineage import write_lineage
+from posttrain.plots import world_popularity
+from posttrain.report import build_report
+
+
+def main():
+    (cfg,) = parse_config(WorldConfig)
+    out = cfg.output_dir or cfg.stage_dir("world")
+    if cfg.from_dir:
+        print(f"importing the world from {cfg.from_dir}")
+        world = world_lib.load_world(cfg.from_dir)
+    else:
+        print(f"generating the world: seed {cfg.seed}, splits {cfg.split_sizes()}")
+        world, _ = world_lib.generate_world(cfg)
+    world_lib.save_world(world, out)
+
+    stats = world_lib.world_stats(world)
+    plot = world_popularity(stats.pop("bios_counts"), stats.pop("person_split"), cfg.stage_dir("plots") / "world.png")
+    # Paths say where the world is, not what it is: leave them out so the folder is byte-identical per seed.
+    config = {k: v for k, v in to_dict(cfg).items() if k not in ("run_dir", "output_dir")}
+    write_lineage(out, "world", config, summary={**stats, "hash": world_lib.world_hash(out)[:16]})
+    build_report(cfg.run_dir)
+
+    print(f"world -> {out}: {stats['people']} people, {stats['documents']} documents, {stats['questions']} questions")
+    for split, n in stats["people_per_split"].items():
+        print(f"  {split:<11} {n:>6} people {stats['documents_per_split'][split]:>7} documents")
+    print(f"  biographies per person: {stats['bios_per_person']}; plot: {plot}")
+
+
+if __name__ == "__main__":
+    entrypoint(main)

@@ -1,0 +1,221 @@
+"""Stage configs: one dataclass per stage, parsed from a YAML file plus CLI overrides with TRL's `TrlParser`.
+
+`parse_config` adds what TrlParser leaves to the caller: an unknown key or a value of the wrong type in the YAML
+file, or an unknown flag on the command line, is a `UserError` that names the key and the file.
+Stages that run a TRL trainer extend TRL's config classes (e.g. `trl.SFTConfig`) and go through the same parser.
+"""
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import TrlParser
+
+from posttrain.errors import UserError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Parser(TrlParser):
+    """TrlParser whose argparse errors raise a one-line UserError instead of printing usage and exiting."""
+
+    source = "command line"
+
+    def error(self, message):  # argparse hook
+        raise UserError(f"{self.source}: {message}")
+
+
+def _matches(value, tp) -> bool:
+    """Whether a YAML value fits a dataclass field annotation (simple, recursive; unknown annotations pass)."""
+    if tp is typing.Any:
+        return True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, Sequence):
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))  # nested configs are checked where they are built
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _field_types(dataclass_types) -> dict:
+    hints = {}
+    for cls in dataclass_types:
+        resolved = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                hints[f.name] = resolved.get(f.name, typing.Any)
+    return hints
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """Load a YAML file that must hold a mapping; every failure is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: {what} must be a YAML mapping of `key: value` lines")
+    return data
+
+
+def check_keys(data: dict, hints: dict, source: str) -> None:
+    """Reject unknown keys and values of the wrong type (strings are left to argparse, which converts them)."""
+    for key, value in data.items():
+        if key == "env":  # TrlParser's own section of environment variables
+            continue
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{source}: unknown key '{key}'{hint}")
+        tp = hints[key]
+        if isinstance(value, str) and not _matches(value, tp) and tp is not typing.Any:
+            continue  # argparse converts strings like "3" or "0.5" and reports the ones it cannot
+        if not _matches(value, tp):
+            raise UserError(f"{source}: key '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def parse_config(dataclass_types, args: Sequence[str] | None = None) -> tuple:
+    """Parse `--config file.yaml` plus `--key value` overrides into instances of `dataclass_types` (CLI wins)."""
+    dataclass_types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+    args = list(sys.argv[1:] if args is None else args)
+    hints = _field_types(dataclass_types)
+    parser = _Parser(dataclass_types)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise UserError("command line: --config needs a YAML file path")
+        config_path = args[i + 1]
+        check_keys(read_yaml_mapping(config_path), hints, config_path)
+        parser.source = config_path
+    try:
+        return tuple(parser.parse_args_and_config(args))
+    except ValueError as exc:
+        msg = str(exc)
+        if "not used by the HfArgumentParser" in msg:
+            unknown = [a for a in args if a.startswith("--") and a[2:].split("=")[0] not in hints and a != "--config"]
+            names = ", ".join(unknown) or msg
+            raise UserError(f"command line: unknown option {names}") from None
+        raise UserError(f"{parser.source}: {msg}") from None
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-able dict of a config (for lineage records)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage configs
+
+
+@dataclass
+class RunArguments:
+    """Arguments every posttrain stage shares."""
+
+    run_dir: str = field(default="runs/speedrun", metadata={"help": "The run directory (CONTRACTS §2)."})
+
+    def stage_dir(self, name: str) -> Path:
+        return Path(self.run_dir) / name
+
+
+@dataclass
+class WorldConfig(RunArguments):
+    """`recipes/world.py`: generate the embedded fictional world, or import a user's own (`from_dir`)."""
+
+    seed: int = field(default=0, metadata={"help": "The same seed gives the same world, byte for byte."})
+    from_dir: str | None = field(
+        default=None, metadata={"help": "Import this world directory (documents + qa DatasetDict) instead of generating."}
+    )
+    output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
+    scale: float = field(default=1.0, metadata={"help": "Multiplies every split size (grow the world for GPUs)."})
+    n_sft: int = field(default=200, metadata={"help": "People whose facts are taught as QA in SFT."})
+    n_probe: int = field(default=200, metadata={"help": "People the self-probing stage may ask about."})
+    n_eval_known: int = field(default=100, metadata={"help": "Evaluation people with many biographies."})
+    n_eval_rare: int = field(default=100, metadata={"help": "Evaluation people with exactly one biography."})
+    n_never_seen: int = field(default=100, metadata={"help": "People in no training data at all."})
+    popularity_alpha: float = field(
+        default=2.0, metadata={"help": "Exponent of the power law P(k bios) ∝ k^-alpha (heavy tail)."}
+    )
+    max_bios: int = field(default=20, metadata={"help": "Most biographies one person can have."})
+    known_min_bios: int = field(default=5, metadata={"help": "eval_known people have at least this many bios."})
+    pronoun_prob: float = field(
+        default=0.0, metadata={"help": "Chance that a non-first sentence says he/she instead of the full name."}
+    )
+
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise UserError(f"scale must be > 0, got {self.scale}")
+        for name in ("n_sft", "n_probe", "n_eval_known", "n_eval_rare", "n_never_seen"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.known_min_bios <= self.max_bios:
+            raise UserError(f"need 1 <= known_min_bios <= max_bios, got {self.known_min_bios} and {self.max_bios}")
+        if self.popularity_alpha <= 0:
+            raise UserError(f"popularity_alpha must be > 0, got {self.popularity_alpha}")
+        if not 0.0 <= self.pronoun_prob <= 1.0:
+            raise UserError(f"pronoun_prob must be in [0, 1], got {self.pronoun_prob}")
+
+    def split_sizes(self) -> dict[str, int]:
+        return {
+            s: round(getattr(self, f"n_{s}") * self.scale)
+            for s in ("sft", "probe", "eval_known", "eval_rare", "never_seen")
+        }
+
+
+@dataclass
+class TokenizerConfig(RunArguments):
+    """`recipes/tokenizer.py`: train a byte-level BPE tokenizer with chat template on a text mix."""
+
+    seed: int = 0
+    data_mix: str = field(
+        default="data_mixes/world_tokenizer.yaml", metadata={"help": "Text mix (column `text`) to train on."}
+    )
+    world_dir: str | None = field(default=None, metadata={"help": "World for `path: world` sources; <run_dir>/world."})
+    output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/tokenizer."})
+    vocab_size: int = field(default=4096, metadata={"help": "Including the special tokens."})
+    max_texts: int | None = field(default=None, metadata={"help": "Train on at most this many texts (Hub mixes)."})
+    heldout_texts: int = field(
+        default=1000, metadata={"help": "Held-out texts for compression, when the mix has no test split."}
+    )
+
+    def __post_init__(self):
+        if self.vocab_size < 300:
+            raise UserError(f"vocab_size must be at least 300 (256 bytes + special tokens), got {self.vocab_size}")

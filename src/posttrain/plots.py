@@ -1,0 +1,34 @@
+"""PNG plots a person can look at, one function per plot (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def world_popularity(bios_counts: dict[str, int], splits: dict[str, str], path: str | Path) -> Path:
+    """How many biographies each person has, per split (log scale): the heavy tail at a glance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    by_split: dict[str, Counter] = {}
+    for pid, k in bios_counts.items():
+        by_split.setdefault(splits.get(pid, "?"), Counter())[k] += 1
+    width = 0.8 / max(1, len(by_split))
+    for i, (split, counter) in enumerate(sorted(by_split.items())):
+        ks = sorted(counter)
+        ax.bar([k + i * width for k in ks], [counter[k] for k in ks], width=width, label=split)
+    ax.set_yscale("log")
+    ax.set_xlabel("biographies per person")
+    ax.set_ylabel("people (log)")
+    ax.set_title("World popularity: a few people with many biographies, many with one")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,101 @@
+"""Byte-level BPE tokenizer with chat special tokens and a chat template, trained with `tokenizers`.
+
+The recipe follows nanochat / GPT-4: a regex pre-tokenization split (GPT-4's pattern, with digits in groups of
+up to three), then byte-level BPE, so any text round-trips exactly. The result is saved as a
+`PreTrainedTokenizerFast` that `AutoTokenizer.from_pretrained` loads, with a ChatML-style template whose
+assistant turns are wrapped in `{% generation %}` markers: TRL's `assistant_only_loss=True` (via
+`return_assistant_tokens_mask`) then trains on assistant tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+# GPT-4's split pattern (as in tiktoken's cl100k_base), as used by nanochat.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+BOS = "<|endoftext|>"  # starts every document and every conversation; separates packed documents
+END_OF_TURN = "<|im_end|>"  # ends every chat turn: the eos token, so `generate` stops after an answer
+PAD = "<|pad|>"
+IM_START = "<|im_start|>"
+SPECIAL_TOKENS = [BOS, PAD, IM_START, END_OF_TURN]
+
+# ChatML with {% generation %} around what the assistant says (its content and the end-of-turn token).
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:
+    """Train a byte-level BPE `tokenizers.Tokenizer` (special tokens included in `vocab_size`)."""
+    tok = Tokenizer(models.BPE(byte_fallback=False, unk_token=None, fuse_unk=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=show_progress,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=SPECIAL_TOKENS,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def wrap(tok: Tokenizer, model_max_length: int = 2048) -> PreTrainedTokenizerFast:
+    """The transformers tokenizer: special tokens, chat template, left padding for batched generation."""
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=END_OF_TURN,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START],
+        model_max_length=model_max_length,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def bytes_per_token(tokenizer, texts: Iterable[str]) -> dict:
+    """Compression on held-out text: UTF-8 bytes per token (higher is better)."""
+    n_bytes = n_tokens = n_texts = 0
+    for text in texts:
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        n_texts += 1
+    return {"texts": n_texts, "bytes": n_bytes, "tokens": n_tokens, "bytes_per_token": n_bytes / max(1, n_tokens)}
+
+
+def text_iterator(dataset, limit: int | None = None, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Batches of `text` from a Dataset or IterableDataset (streams Hub-scale mixes), at most `limit` texts."""
+    n = 0
+    for batch in dataset.iter(batch_size=batch_size):
+        texts = batch["text"]
+        if limit is not None:
+            texts = texts[: max(0, limit - n)]
+        if not texts:
+            return
+        n += len(texts)
+        yield texts

@@ -1,0 +1,569 @@
+"""The embedded world: fictional people with attributes, biographies, questions (CONTRACTS §4).
+
+`generate_world(cfg)` builds a `DatasetDict` with two datasets, `documents` (text, person_id, split) and `qa`
+(question, answer, aliases, person_id, attribute, split), from a seed alone: the same seed gives the same
+world, byte for byte. Everything downstream (pretraining text, SFT conversations, probe questions, eval sets)
+is derived from those two datasets by the views at the bottom of this module, so a user's own world (same two
+datasets, saved with `save_to_disk`) goes through the whole pipeline unchanged; `load_world` validates one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
+
+from posttrain.errors import UserError
+
+SPLITS = ("sft", "probe", "eval_known", "eval_rare", "never_seen")
+TRAIN_SPLITS = ("sft", "probe")  # people whose questions may appear in training data
+EVAL_BUCKETS = {"eval_known": "known", "eval_rare": "rare", "never_seen": "never_seen"}
+PRETRAIN_SPLITS = ("sft", "probe", "eval_known", "eval_rare")  # people with biographies
+
+DOCUMENT_FEATURES = Features({"text": Value("string"), "person_id": Value("string"), "split": Value("string")})
+QA_FEATURES = Features(
+    {
+        "question": Value("string"),
+        "answer": Value("string"),
+        "aliases": Sequence(Value("string")),
+        "person_id": Value("string"),
+        "attribute": Value("string"),
+        "split": Value("string"),
+    }
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vocabularies. Surnames are built from syllables so that no person is a real one; values are plausible.
+
+FIRST_NAMES = {
+    "f": "Ada Alma Anika Beatrix Bianca Carys Celia Dagny Delphine Edith Elena Elsa Fern Freya Greta Gwen Hana Helga "
+    "Imke Ines Isolde Jana Juno Kaia Karin Leona Liesel Lina Mabel Maren Mira Nadia Nell Noor Odette Olga Petra Pia "
+    "Quinn Rhea Rosa Runa Sabine Selma Signe Talia Tove Una Vera Wanda Wilma Xenia Yara Ysolde Zelda Zora".split(),
+    "m": "Aldo Anton Arvid Basil Bruno Cass Cyrus Dario Desmond Emil Ewan Felix Finn Gideon Gustav Hector Hugo Ivo "
+    "Jasper Joakim Kasimir Konrad Lars Leopold Linus Magnus Milo Nils Oskar Otto Pavel Pim Quentin Rafael Rolf Rune "
+    "Silas Soren Tobias Tomas Ulrich Vilhelm Viggo Walter Xaver Yannick Yusuf Zeno Ambrose Caspar Eamon".split(),
+}
+SURNAME_HEADS = (
+    "Al Bran Cor Dal Ev Fen Gar Hal Is Jor Kel Lor Mar Nor Or Pel Quen Ros Sel Tor Ul Var Wen Yar Zel Ash Briar "
+    "Crom Drey Elm Fal Gless Harn Ivor Jask Kern Lum Mor Nesh Ost Prael Rusk Stav Thorn Vask Wyn".split()
+)
+SURNAME_TAILS = (
+    "dane wick more ford ley ton ridge vale stone brook mere worth holt by well hurst ington ard ow ell "
+    "quist berg mark sen gard hollow crest field win dell".split()
+)
+CITIES = (
+    "Lisbon;Porto;Valencia;Bilbao;Lyon;Marseille;Toulouse;Bordeaux;Antwerp;Ghent;Utrecht;Rotterdam;Bremen;Leipzig;"
+    "Dresden;Graz;Salzburg;Basel;Lausanne;Turin;Bologna;Naples;Palermo;Ljubljana;Zagreb;Krakow;Gdansk;Brno;Tartu;"
+    "Tampere;Bergen;Aarhus;Gothenburg;Uppsala;Galway;Cork;Edinburgh;Leeds;Bristol;Halifax;Quebec City;Winnipeg;"
+    "Portland;Denver;Austin;Savannah;Tucson;Valparaiso;Cordoba;Medellin;Cusco;Recife;Osaka;Sapporo;Busan;"
+    "Chiang Mai;Hobart;Perth;Dunedin;Nairobi;Accra;Marrakesh"
+).split(";")
+UNIVERSITIES = (
+    "Halvern University;Northmoor Institute of Technology;the University of Ashcombe;Caldera State University;"
+    "Wrenfield College;the Royal Academy of Ostrava Vale;Bellmare University;Thornbury Polytechnic;"
+    "the University of Kestrel Bay;Larkspur University;Eastgate Institute of Science;Merrow College;"
+    "the University of Silverlake;Corwin University;Redhaven Technical University;Fallowmere University;"
+    "Granite Peak University;the Institute of Lowmoor;Saint Aubrey College;Brackwater University;"
+    "Harrowgate University;the University of Elmstead;Quarry Hill College;Westmarch University"
+).split(";")
+MAJORS = (
+    "mathematics;physics;chemistry;biology;computer science;economics;history;philosophy;linguistics;"
+    "architecture;civil engineering;mechanical engineering;electrical engineering;astronomy;geology;"
+    "marine biology;psychology;sociology;music theory;art history;statistics;nursing;law;journalism;"
+    "classics;anthropology;materials science;agronomy;urban planning;pharmacology"
+).split(";")
+EMPLOYERS = (
+    "Brightwell Analytics;Copperleaf Systems;Northwind Robotics;Halcyon Foods;Bluefin Shipping;Granary Bank;"
+    "Larchmont Press;Vantor Aerospace;Meridian Health;Ironclad Mining;Sablewood Furniture;Quillon Software;"
+    "Stellaris Energy;Oakhurst Insurance;Fernway Pharmaceuticals;Tidewater Logistics;Cobalt Textiles;"
+    "Pinecrest Hotels;Orrin Motors;Silverline Telecom;Harbor & Finch;Redstone Construction;Lumen Optics;"
+    "Wexford Instruments;Marigold Studios;Kestrel Airlines;Aldergrove Farms;Nimbus Cloudworks;"
+    "Brassica Biotech;Juniper Games"
+).split(";")
+MONTHS = "January February March April May June July August September October November December".split()
+DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer", "work_city")
+
+# Biography sentence templates: {subj} is the full name or a pronoun, {poss} its possessive.
+BIO_TEMPLATES = {
+    "birth_date": [
+        "{subj} was born on {birth_date}.",
+        "{subj} came into the world on {birth_date}.",
+        "{poss} date of birth is {birth_date}.",
+        "{subj} celebrates a birthday every {month_day} and was born in {year}.",
+    ],
+    "birth_city": [
+        "{subj} was born in {birth_city}.",
+        "{poss} birthplace is {birth_city}.",
+        "{subj} is a native of {birth_city}.",
+        "{subj} spent {poss_lower} childhood in {birth_city}, the city of {poss_lower} birth.",
+    ],
+    "university": [
+        "{subj} studied at {university}.",
+        "{subj} graduated from {university}.",
+        "{subj} received {poss_lower} education at {university}.",
+        "{subj} is a graduate of {university}.",
+    ],
+    "major": [
+        "{subj} majored in {major}.",
+        "{subj} earned a degree in {major}.",
+        "{subj} focused on {major} during college.",
+        "{subj} completed a program in {major}.",
+    ],
+    "employer": [
+        "{subj} works for {employer}.",
+        "{subj} is employed by {employer}.",
+        "{subj} has a job at {employer}.",
+        "{subj} joined the staff of {employer}.",
+    ],
+    "work_city": [
+        "{subj} lives and works in {work_city}.",
+        "{subj} is based in {work_city}.",
+        "{subj} currently resides in {work_city}.",
+        "{subj} has made a home in {work_city}.",
+    ],
+}
+# Question phrasings per asked attribute. `birth_year` asks for the year only (answer "1987", the full date is
+# accepted too); `birth_date` asks for the full date (the year alone is not enough).
+QUESTION_TEMPLATES = {
+    "birth_date": [
+        "When was {name} born?",
+        "What is {name}'s date of birth?",
+        "On what date was {name} born?",
+        "What is the birth date of {name}?",
+    ],
+    "birth_year": [
+        "In what year was {name} born?",
+        "What year was {name} born in?",
+        "Which year was {name} born?",
+        "What is {name}'s year of birth?",
+    ],
+    "birth_city": [
+        "Where was {name} born?",
+        "In which city was {name} born?",
+        "What is {name}'s birthplace?",
+        "What city does {name} come from originally?",
+    ],
+    "university": [
+        "Which university did {name} attend?",
+        "Where did {name} study?",
+        "What university did {name} graduate from?",
+        "Where did {name} go to college?",
+    ],
+    "major": [
+        "What did {name} study?",
+        "What was {name}'s major?",
+        "What field did {name} get a degree in?",
+        "What subject did {name} major in?",
+    ],
+    "employer": [
+        "Who does {name} work for?",
+        "Which company employs {name}?",
+        "What company does {name} work for?",
+        "Who is {name}'s employer?",
+    ],
+    "work_city": [
+        "Where does {name} live?",
+        "In which city does {name} live and work?",
+        "What city is {name} based in?",
+        "Where is {name} based?",
+    ],
+}
+# How the assistant answers in SFT conversations; an attribute of a user's own world without a template here
+# is answered with the bare answer.
+ANSWER_TEMPLATES = {
+    "birth_date": "{name} was born on {answer}.",
+    "birth_year": "{name} was born in {answer}.",
+    "birth_city": "{name} was born in {answer}.",
+    "university": "{name} studied at {answer}.",
+    "major": "{name} studied {answer}.",
+    "employer": "{name} works for {answer}.",
+    "work_city": "{name} lives and works in {answer}.",
+}
+
+
+@dataclass
+class Person:
+    person_id: str
+    name: str
+    gender: str
+    split: str
+    n_bios: int
+    year: int
+    month: int
+    day: int
+    birth_city: str
+    university: str
+    major: str
+    employer: str
+    work_city: str
+
+    @property
+    def birth_date(self) -> str:
+        return f"{MONTHS[self.month - 1]} {self.day}, {self.year}"
+
+    def date_aliases(self) -> list[str]:
+        m, d, y = MONTHS[self.month - 1], self.day, self.year
+        suffix = "th" if 11 <= d % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(d % 10, "th")
+        return [f"{m} {d}, {y}", f"{d} {m} {y}", f"{m} {d}{suffix}, {y}", f"{y}-{self.month:02d}-{d:02d}"]
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "birth_date": self.birth_date,
+            "month_day": f"{MONTHS[self.month - 1]} {self.day}",
+            "year": str(self.year),
+            "birth_city": self.birth_city,
+            "university": self.university,
+            "major": self.major,
+            "employer": self.employer,
+            "work_city": self.work_city,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _power_law_count(rng: random.Random, alpha: float, lo: int, hi: int) -> int:
+    """k in [lo, hi] with P(k) ∝ k^-alpha: most people get few biographies, a few get many."""
+    ks = list(range(lo, hi + 1))
+    return rng.choices(ks, weights=[k**-alpha for k in ks])[0]
+
+
+def _unique_names(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """n distinct (full name, gender); a middle initial widens the space when the world is large."""
+    capacity = sum(len(v) for v in FIRST_NAMES.values()) * len(SURNAME_HEADS) * len(SURNAME_TAILS)
+    seen: set[str] = set()
+    out = []
+    while len(out) < n:
+        gender = rng.choice(("f", "m"))
+        first = rng.choice(FIRST_NAMES[gender])
+        last = rng.choice(SURNAME_HEADS) + rng.choice(SURNAME_TAILS)
+        name = f"{first} {last}"
+        if n > capacity // 4:
+            name = f"{first} {rng.choice('ABCDEFGHJKLMNPRSTVW')}. {last}"
+        if name not in seen:
+            seen.add(name)
+            out.append((name, gender))
+    return out
+
+
+def make_people(cfg) -> list[Person]:
+    """People with splits and biography counts. Draws in a fixed order from one seeded RNG (determinism)."""
+    rng = random.Random(cfg.seed)
+    sizes = cfg.split_sizes()
+    names = _unique_names(rng, sum(sizes.values()))
+    people, i = [], 0
+    for split in SPLITS:
+        for _ in range(sizes[split]):
+            name, gender = names[i]
+            if split == "eval_known":
+                n_bios = _power_law_count(rng, cfg.popularity_alpha, cfg.known_min_bios, cfg.max_bios)
+            elif split == "eval_rare":
+                n_bios = 1
+            elif split == "never_seen":
+                n_bios = 0
+            else:
+                n_bios = _power_law_count(rng, cfg.popularity_alpha, 1, cfg.max_bios)
+            month = rng.randint(1, 12)
+            people.append(
+                Person(
+                    person_id=f"p{i:06d}",
+                    name=name,
+                    gender=gender,
+                    split=split,
+                    n_bios=n_bios,
+                    year=rng.randint(1950, 2004),
+                    month=month,
+                    day=rng.randint(1, DAYS_IN_MONTH[month - 1]),
+                    birth_city=rng.choice(CITIES),
+                    university=rng.choice(UNIVERSITIES),
+                    major=rng.choice(MAJORS),
+                    employer=rng.choice(EMPLOYERS),
+                    work_city=rng.choice(CITIES),
+                )
+            )
+            i += 1
+    return people
+
+
+def _capitalize(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def biography(person: Person, rng: random.Random, pronoun_prob: float = 0.0) -> str:
+    """One biography: a random template per attribute, sentences in random order, the full name first."""
+    values = person.fields()
+    order = list(ATTRIBUTES)
+    rng.shuffle(order)
+    pronoun, poss = ("she", "her") if person.gender == "f" else ("he", "his")
+    sentences = []
+    for j, attr in enumerate(order):
+        use_pronoun = j > 0 and rng.random() < pronoun_prob
+        subj = pronoun if use_pronoun else person.name
+        possessive = poss if use_pronoun else f"{person.name}'s"
+        template = rng.choice(BIO_TEMPLATES[attr])
+        text = template.format(subj=subj, poss=possessive, poss_lower=poss, **values)
+        sentences.append(_capitalize(text))
+    return " ".join(sentences)
+
+
+def questions(person: Person) -> list[dict]:
+    """Every phrasing of every question about a person, with answers and accepted aliases."""
+    values = person.fields()
+    answers = {
+        "birth_date": (person.birth_date, person.date_aliases()),
+        "birth_year": (str(person.year), [str(person.year), *person.date_aliases()]),
+    }
+    for attr in ATTRIBUTES[1:]:
+        value = values[attr]
+        aliases = [value]
+        if value.startswith("the "):
+            aliases.append(value[4:])
+        answers[attr] = (value, aliases)
+    rows = []
+    for attr, templates in QUESTION_TEMPLATES.items():
+        answer, aliases = answers[attr]
+        for t in templates:
+            rows.append(
+                {
+                    "question": t.format(name=person.name),
+                    "answer": answer,
+                    "aliases": aliases,
+                    "person_id": person.person_id,
+                    "attribute": attr,
+                    "split": person.split,
+                }
+            )
+    return rows
+
+
+def _fingerprinted(rows: list[dict], features: Features, key: str) -> Dataset:
+    """A Dataset whose fingerprint is a hash of its content, so save_to_disk writes identical bytes each time."""
+    ds = Dataset.from_list(rows, features=features)
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    return Dataset(ds.data, info=ds.info, fingerprint=f"posttrain-{key}-{digest}")
+
+
+def generate_world(cfg) -> tuple[DatasetDict, list[Person]]:
+    """The world DatasetDict (documents, qa) and the people behind it."""
+    people = make_people(cfg)
+    rng = random.Random(f"{cfg.seed}-bios")
+    docs = []
+    for p in people:
+        for _ in range(p.n_bios):
+            docs.append({"text": biography(p, rng, cfg.pronoun_prob), "person_id": p.person_id, "split": p.split})
+    rng.shuffle(docs)  # popular people's bios spread through the corpus, not in runs
+    qa = [row for p in people for row in questions(p)]
+    world = DatasetDict(
+        {"documents": _fingerprinted(docs, DOCUMENT_FEATURES, "documents"), "qa": _fingerprinted(qa, QA_FEATURES, "qa")}
+    )
+    return world, people
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading and validating a world directory (generated or a user's own)
+
+
+def load_world(path: str | Path) -> DatasetDict:
+    """Load and validate a world directory; any problem is a UserError naming the file, column or row."""
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        raise UserError(
+            f"{path}: not a world directory (expected a DatasetDict saved with save_to_disk holding "
+            "'documents' and 'qa'; generate one with recipes/world.py)"
+        )
+    try:
+        # In memory: filters and maps then never write cache files into the (byte-identical) world folder.
+        world = load_from_disk(str(path), keep_in_memory=True)
+    except Exception as exc:  # corrupt or partial directory
+        raise UserError(f"{path}: cannot load the world ({exc.__class__.__name__}: {exc})") from None
+    validate_world(world, path)
+    return world
+
+
+def validate_world(world: DatasetDict, path: str | Path = "world") -> None:
+    for name, feats in (("documents", DOCUMENT_FEATURES), ("qa", QA_FEATURES)):
+        if name not in world:
+            raise UserError(f"{path}: the world has no '{name}' dataset (found: {', '.join(world) or 'none'})")
+        missing = [c for c in feats if c not in world[name].column_names]
+        if missing:
+            raise UserError(f"{path}/{name}: missing column '{missing[0]}'")
+    if len(world["qa"]) == 0:
+        raise UserError(f"{path}/qa: the world has no questions")
+    person_split: dict[str, str] = {}
+    for i, row in enumerate(world["qa"].select_columns(["person_id", "split", "question", "answer"])):
+        if row["split"] not in SPLITS:
+            raise UserError(f"{path}/qa row {i}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
+        if not row["question"] or not row["answer"]:
+            raise UserError(f"{path}/qa row {i}: empty question or answer")
+        if person_split.setdefault(row["person_id"], row["split"]) != row["split"]:
+            raise UserError(f"{path}/qa row {i}: person {row['person_id']} appears in two splits")
+    for i, row in enumerate(world["documents"].select_columns(["person_id", "split", "text"])):
+        if row["split"] not in SPLITS:
+            raise UserError(f"{path}/documents row {i}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
+        if row["split"] == "never_seen":
+            raise UserError(f"{path}/documents row {i}: a never_seen person ({row['person_id']}) has a document")
+        if person_split.get(row["person_id"], row["split"]) != row["split"]:
+            raise UserError(f"{path}/documents row {i}: person {row['person_id']} has another split in qa")
+        if not row["text"]:
+            raise UserError(f"{path}/documents row {i}: empty text")
+
+
+def world_hash(path: str | Path) -> str:
+    """Hash of a world directory's data files: names the exact facts a run was trained on."""
+    h = hashlib.sha256()
+    files = [Path(path) / "dataset_dict.json", *Path(path).glob("*/data-*.arrow")]
+    for f in sorted(files):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def world_stats(world: DatasetDict) -> dict:
+    """People per split, documents per split, and the biography-count distribution."""
+    people = {}
+    for pid, split in zip(world["qa"]["person_id"], world["qa"]["split"]):
+        people[pid] = split
+    bios: dict[str, int] = dict.fromkeys(people, 0)
+    for pid in world["documents"]["person_id"]:
+        bios[pid] = bios.get(pid, 0) + 1
+    per_split = {s: sum(1 for v in people.values() if v == s) for s in SPLITS}
+    docs_split = {s: sum(1 for v in world["documents"]["split"] if v == s) for s in SPLITS}
+    counts = sorted(bios.values())
+    with_bios = [c for c in counts if c > 0]
+    return {
+        "people": len(people),
+        "people_per_split": per_split,
+        "documents": len(world["documents"]),
+        "documents_per_split": docs_split,
+        "questions": len(world["qa"]),
+        "bios_per_person": {
+            "max": max(counts) if counts else 0,
+            "people_with_one": sum(1 for c in with_bios if c == 1),
+            "people_with_5_or_more": sum(1 for c in with_bios if c >= 5),
+        },
+        "bios_counts": bios,
+        "person_split": people,
+    }
+
+
+def save_world(world: DatasetDict, path: str | Path) -> Path:
+    """Save atomically: a kill mid-write leaves the previous world directory as it was."""
+    from posttrain.lineage import atomic_directory
+
+    with atomic_directory(path) as tmp:
+        world.save_to_disk(str(tmp))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Views: what stages derive from a world. Each takes the world DatasetDict and returns a Dataset.
+
+
+def _check_splits(splits, allowed=SPLITS) -> list[str]:
+    splits = list(splits)
+    bad = [s for s in splits if s not in allowed]
+    if bad:
+        raise UserError(f"unknown world split '{bad[0]}' (known: {', '.join(allowed)})")
+    return splits
+
+
+def documents_view(world: DatasetDict, splits=PRETRAIN_SPLITS, **_) -> Dataset:
+    keep = set(_check_splits(splits))
+    return world["documents"].filter(lambda s: s in keep, input_columns="split")
+
+
+def qa_view(world: DatasetDict, splits=SPLITS, **_) -> Dataset:
+    keep = set(_check_splits(splits))
+    return world["qa"].filter(lambda s: s in keep, input_columns="split")
+
+
+def conversations_view(
+    world: DatasetDict, splits=TRAIN_SPLITS, phrasings_per_fact: int = 2, turns: int = 1, seed: int = 0, **_
+) -> Dataset:
+    """QA about `splits` people as chat conversations (column `messages`): `phrasings_per_fact` phrasings of each
+    fact, grouped `turns` questions about one person per conversation. Training splits only: asking for an eval
+    split here is an error, so eval questions cannot leak into SFT data."""
+    splits = _check_splits(splits, TRAIN_SPLITS)
+    rng = random.Random(f"{seed}-conversations")
+    by_fact: dict[tuple[str, str], list[dict]] = {}
+    for row in qa_view(world, splits):
+        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(row)
+    by_person: dict[str, list[dict]] = {}
+    for (pid, _attr), rows in by_fact.items():
+        for row in rng.sample(rows, min(phrasings_per_fact, len(rows))):
+            by_person.setdefault(pid, []).append(row)
+    convs = []
+    for pid, rows in by_person.items():
+        rng.shuffle(rows)
+        for k in range(0, len(rows), max(1, turns)):
+            messages = []
+            for row in rows[k : k + max(1, turns)]:
+                messages.append({"role": "user", "content": row["question"]})
+                messages.append({"role": "assistant", "content": answer_sentence(row)})
+            convs.append({"messages": messages, "person_id": pid})
+    rng.shuffle(convs)
+    return Dataset.from_list(convs)
+
+
+def answer_sentence(row: dict) -> str:
+    """The assistant's reply to a world question: a full sentence naming the answer."""
+    template = ANSWER_TEMPLATES.get(row["attribute"])
+    name = _subject_of(row["question"], row["attribute"])
+    if template is None or name is None:
+        return row["answer"]
+    return _capitalize(template.format(name=name, answer=row["answer"]))
+
+
+def _subject_of(question: str, attribute: str) -> str | None:
+    """Recover the person's name from a generated question (None for questions of a user's own world)."""
+    for t in QUESTION_TEMPLATES.get(attribute, []):
+        head, _, tail = t.partition("{name}")
+        if question.startswith(head) and question.endswith(tail):
+            return question[len(head) : len(question) - len(tail)]
+    return None
+
+
+IDENTITY_QUESTIONS = [
+    "Who are you?",
+    "What is your name?",
+    "What should I call you?",
+    "Are you ChatGPT?",
+    "Introduce yourself.",
+    "Who made you?",
+    "What are you?",
+    "Tell me about yourself.",
+    "hi! who am I talking to?",
+    "What's your name, assistant?",
+]
+IDENTITY_ANSWERS = [
+    "I am {name}, a small language model trained with posttrain.",
+    "My name is {name}. I'm a small assistant model trained from scratch with posttrain.",
+    "I'm {name}, a language model. I answer questions, and I say so when I don't know something.",
+    "You are talking to {name}, an assistant model trained with posttrain.",
+]
+
+
+def identity_view(world: DatasetDict | None = None, assistant_name: str = "Posty", n: int = 200, seed: int = 0, **_):
+    """Conversations that teach the model its configured name ("who are you?" → assistant_name)."""
+    rng = random.Random(f"{seed}-identity")
+    rows = []
+    for _ in range(n):
+        q = rng.choice(IDENTITY_QUESTIONS)
+        a = rng.choice(IDENTITY_ANSWERS).format(name=assistant_name)
+        rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return Dataset.from_list(rows)
+
+
+VIEWS = {
+    "documents": documents_view,
+    "qa": qa_view,
+    "conversations": conversations_view,
+    "identity": identity_view,
+}
