@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 RUN    ?= speedrun
 WORLD  ?=
 ARGS   ?=
-RUN_DIR := runs/$(RUN)
+RUN_DIR ?= runs/$(RUN)
 
 # The torch build: a CUDA machine takes PyPI's default wheel; a machine without a GPU takes the CPU build
 # (2.13 is the CPU wheel this project is tested with; pip finds it in a local wheel folder when one is set up).
@@ -44,8 +44,8 @@ test: $(VENV)/.stamp-dev
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp-dev
-	$(VPY) -m ruff check src recipes tests bench evals
-	$(VPY) -m ruff format --check src recipes tests bench evals
+	$(VPY) -m ruff check src recipes tests
+	$(VPY) -m ruff format --check src recipes tests
 
 bench: $(VENV)/.stamp-dev
 	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(VPY) "$$b" || exit 1; done

@@ -1,6 +1,6 @@
 """Train the byte-level BPE tokenizer (with chat template) on a text mix into runs/<run>/tokenizer/.
 
-    python recipes/tokenizer.py --config recipes/world/tokenizer.yaml [--vocab_size 8192]
+python recipes/tokenizer.py --config recipes/world/tokenizer.yaml [--vocab_size 8192]
 """
 
 from posttrain.configs import TokenizerConfig, parse_config, to_dict
@@ -8,10 +8,12 @@ from posttrain.data import load_mix, mix_hash, read_mix
 from posttrain.errors import UserError, entrypoint
 from posttrain.lineage import atomic_directory, write_lineage
 from posttrain.report import build_report
+from posttrain.runtime import main_process_only
 from posttrain.tokenizer import bytes_per_token, text_iterator, train_bpe, wrap
 from posttrain.world import world_hash
 
 
+@main_process_only
 def main():
     (cfg,) = parse_config(TokenizerConfig)
     world_dir = cfg.world_dir or cfg.stage_dir("world")
@@ -31,9 +33,11 @@ def main():
     compression = bytes_per_token(tokenizer, (row["text"] for row in heldout))
     with atomic_directory(out) as tmp:
         tokenizer.save_pretrained(tmp)
-        parents = {"world": {"path": str(world_dir), "hash": world_hash(world_dir)[:16]}} if any(
-            s.is_world for s in mix.datasets
-        ) else {}
+        parents = (
+            {"world": {"path": str(world_dir), "hash": world_hash(world_dir)[:16]}}
+            if any(s.is_world for s in mix.datasets)
+            else {}
+        )
         write_lineage(
             tmp,
             "tokenizer",

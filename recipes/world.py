@@ -1,7 +1,7 @@
 """Generate the embedded fictional world (or import your own) into runs/<run>/world/.
 
-    python recipes/world.py --config recipes/world/world.yaml [--seed 1] [--scale 10]
-    python recipes/world.py --config recipes/world/world.yaml --from_dir path/to/my_world
+python recipes/world.py --config recipes/world/world.yaml [--seed 1] [--scale 10]
+python recipes/world.py --config recipes/world/world.yaml --from_dir path/to/my_world
 """
 
 from posttrain import world as world_lib
@@ -10,8 +10,10 @@ from posttrain.errors import entrypoint
 from posttrain.lineage import write_lineage
 from posttrain.plots import world_popularity
 from posttrain.report import build_report
+from posttrain.runtime import main_process_only
 
 
+@main_process_only
 def main():
     (cfg,) = parse_config(WorldConfig)
     out = cfg.output_dir or cfg.stage_dir("world")

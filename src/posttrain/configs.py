@@ -162,7 +162,8 @@ class WorldConfig(RunArguments):
 
     seed: int = field(default=0, metadata={"help": "The same seed gives the same world, byte for byte."})
     from_dir: str | None = field(
-        default=None, metadata={"help": "Import this world directory (documents + qa DatasetDict) instead of generating."}
+        default=None,
+        metadata={"help": "Import this world directory (documents + qa DatasetDict) instead of generating."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
     scale: float = field(default=1.0, metadata={"help": "Multiplies every split size (grow the world for GPUs)."})

@@ -114,7 +114,7 @@ def validate_mix(mix: DataMix) -> None:
     if mix.test_split_size is not None and mix.test_split_size <= 0:
         raise UserError(f"{path}: test_split_size must be a fraction in (0, 1) or a row count >= 1")
     for i, src in enumerate(mix.datasets):
-        where = f"{path}: source {i} ({src.path}{'/' + src.name if src.name else ''})"
+        where = _describe(i, src, mix)
         if src.is_world:
             if src.name not in world_lib.VIEWS:
                 raise UserError(f"{where}: world sources need name: one of {', '.join(world_lib.VIEWS)}")
@@ -160,11 +160,52 @@ def _load_source(mix: DataMix, src: MixSource, world: datasets.DatasetDict | Non
     except UserError:
         raise
     except Exception as exc:  # missing file, no network, bad JSON row, unknown split...: one line naming all
-        msg = " ".join(str(exc).split())[:300]
-        raise UserError(f"{where}: cannot load ({exc.__class__.__name__}: {msg})") from None
+        bad_line = _first_bad_json_line(src)
+        if bad_line is not None:
+            raise UserError(f"{where}: {bad_line[0]} line {bad_line[1]} is not valid JSON") from None
+        raise UserError(f"{where}: cannot load ({_root_cause(exc)})") from None
     if src.columns is not None:
         ds = _select(ds, src.columns, where)
     return ds
+
+
+def _first_bad_json_line(src: MixSource) -> tuple[str, int] | None:
+    """For a local JSON Lines source that failed to load: the first line that is not valid JSON."""
+    files = [src.data_files] if isinstance(src.data_files, str) else list(src.data_files or [])
+    if src.path != "json" or not all(isinstance(f, str) and f.endswith(".jsonl") for f in files):
+        return None
+    for f in files:
+        if not Path(f).is_file():
+            continue
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError:
+                        return f, n
+    return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error: `datasets` wraps a bad JSON row in a generic DatasetGenerationError."""
+    while (exc.__cause__ or exc.__context__) is not None and not str(exc).strip().startswith("Unable to find"):
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(exc, StopIteration) or not str(inner).strip():
+            break
+        exc = inner
+    if isinstance(exc, StopIteration):
+        return "the source has no rows"
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def _describe(i: int, src: MixSource, mix: DataMix) -> str:
+    """'<mix file>: source 2 (json: data/a.jsonl)': what the user wrote, so they can find it."""
+    label = src.path + (f"/{src.name}" if src.name else "")
+    if src.data_files:
+        files = src.data_files if isinstance(src.data_files, str) else ", ".join(map(str, src.data_files))
+        label += f": {files}"
+    return f"{mix.source_file}: source {i} ({label})"
 
 
 def _select(ds, columns: list[str], where: str):
@@ -190,7 +231,9 @@ def _finish_source(mix: DataMix, src: MixSource, ds, where: str):
     required = REQUIRED_COLUMNS[mix.kind]
     missing = [c for c in required if c not in names]
     if missing and names:
-        raise UserError(f"{where}: missing column '{missing[0]}' needed by a '{mix.kind}' mix (has: {', '.join(names)})")
+        raise UserError(
+            f"{where}: missing column '{missing[0]}' needed by a '{mix.kind}' mix (has: {', '.join(names)})"
+        )
     if not mix.streaming and len(ds) == 0:
         raise UserError(f"{where}: the source is empty")
     # Keep only the columns every source shares, so concatenation always works.
@@ -215,7 +258,7 @@ def load_mix(mix: DataMix | str | Path, world_dir: str | Path | None = None) -> 
     world = world_lib.load_world(world_dir) if world_dir and any(s.is_world for s in mix.datasets) else None
     parts = []
     for i, src in enumerate(mix.datasets):
-        where = f"{mix.source_file}: source {i} ({src.path}{'/' + src.name if src.name else ''})"
+        where = _describe(i, src, mix)
         ds = _finish_source(mix, src, _load_source(mix, src, world, where), where)
         parts.append(ds)
     if mix.datasets[0].fraction is not None:
@@ -228,7 +271,11 @@ def load_mix(mix: DataMix | str | Path, world_dir: str | Path | None = None) -> 
         parts = [p.select_columns(common) for p in parts]
     combined = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if mix.shuffle:
-        combined = combined.shuffle(seed=mix.seed) if not mix.streaming else combined.shuffle(seed=mix.seed, buffer_size=10_000)
+        combined = (
+            combined.shuffle(seed=mix.seed)
+            if not mix.streaming
+            else combined.shuffle(seed=mix.seed, buffer_size=10_000)
+        )
     if mix.test_split_size is not None and not mix.streaming:
         if len(combined) < 2:
             raise UserError(f"{mix.source_file}: too few rows ({len(combined)}) for a test split")

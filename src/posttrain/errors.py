@@ -46,5 +46,7 @@ def entrypoint(main: Callable[[], object]) -> None:
     except Exception as exc:  # an unexpected failure: still one line, but say how to see more
         if debug:
             raise
-        print(f"error: {exc.__class__.__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {exc.__class__.__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr
+        )
         sys.exit(1)

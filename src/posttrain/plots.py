@@ -22,7 +22,9 @@ def world_popularity(bios_counts: dict[str, int], splits: dict[str, str], path: 
     width = 0.8 / max(1, len(by_split))
     for i, (split, counter) in enumerate(sorted(by_split.items())):
         ks = sorted(counter)
-        ax.bar([k + i * width for k in ks], [counter[k] for k in ks], width=width, label=split)
+        offset = (i - (len(by_split) - 1) / 2) * width  # bars of one count side by side, centred on it
+        ax.bar([k + offset for k in ks], [counter[k] for k in ks], width=width, label=split)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_yscale("log")
     ax.set_xlabel("biographies per person")
     ax.set_ylabel("people (log)")

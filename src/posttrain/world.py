@@ -407,10 +407,13 @@ def validate_world(world: DatasetDict, path: str | Path = "world") -> None:
     for i, row in enumerate(world["documents"].select_columns(["person_id", "split", "text"])):
         if row["split"] not in SPLITS:
             raise UserError(f"{path}/documents row {i}: split '{row['split']}' is not one of {', '.join(SPLITS)}")
-        if row["split"] == "never_seen":
+        qa_split = person_split.get(row["person_id"], row["split"])
+        if "never_seen" in (row["split"], qa_split):
             raise UserError(f"{path}/documents row {i}: a never_seen person ({row['person_id']}) has a document")
-        if person_split.get(row["person_id"], row["split"]) != row["split"]:
-            raise UserError(f"{path}/documents row {i}: person {row['person_id']} has another split in qa")
+        if qa_split != row["split"]:
+            raise UserError(
+                f"{path}/documents row {i}: person {row['person_id']} is '{row['split']}' here but '{qa_split}' in qa"
+            )
         if not row["text"]:
             raise UserError(f"{path}/documents row {i}: empty text")
 

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny world and tokenizer built once per session by the real recipes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_WORLD = ["--n_sft", "30", "--n_probe", "30", "--n_eval_known", "15", "--n_eval_rare", "15", "--n_never_seen", "15"]
+
+
+def run(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command as a user would (same interpreter as the tests), capturing output."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    full_env.pop("POSTTRAIN_DEBUG", None)
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def recipe(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(REPO / "recipes" / f"{name}.py"), *args], **kw)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Non-zero exit, no traceback, and an `error:` line that names every needle."""
+    assert proc.returncode != 0, f"expected failure, got exit 0\n{proc.stdout[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """runs/<tmp>/ with a tiny world and its tokenizer, made by the recipes."""
+    run_dir = tmp_path_factory.mktemp("run")
+    assert_ok(recipe("world", "--config", "recipes/world/world.yaml", "--run_dir", str(run_dir), *TINY_WORLD))
+    assert_ok(
+        recipe(
+            "tokenizer", "--config", "recipes/world/tokenizer.yaml", "--run_dir", str(run_dir), "--vocab_size", "1024"
+        )
+    )
+    return run_dir

@@ -1,0 +1,70 @@
+"""Configs: YAML + CLI through TrlParser; bad keys, types and flags give one line naming the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import assert_one_line_error, recipe
+
+from posttrain.configs import TokenizerConfig, WorldConfig, parse_config
+from posttrain.errors import UserError
+
+
+def _yaml(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cli_overrides_yaml(tmp_path):
+    cfg = _yaml(tmp_path, "seed: 5\nn_sft: 7\nrun_dir: runs/x\n")
+    (world,) = parse_config(WorldConfig, ["--config", cfg, "--seed", "9"])
+    assert (world.seed, world.n_sft, world.run_dir) == (9, 7, "runs/x")
+    (tok,) = parse_config(TokenizerConfig, ["--vocab_size", "512"])
+    assert tok.vocab_size == 512 and tok.data_mix == "data_mixes/world_tokenizer.yaml"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "cli", "needles"),
+    [
+        ("seed: 1\nn_sfft: 3\n", [], ["unknown key 'n_sfft'", "did you mean 'n_sft'", "cfg.yaml"]),
+        ("seed: [1, 2]\n", [], ["key 'seed' must be int", "cfg.yaml"]),
+        ("seed: abc\n", [], ["seed", "invalid int value: 'abc'", "cfg.yaml"]),
+        ("pronoun_prob: 2.0\n", [], ["pronoun_prob must be in [0, 1]"]),
+        ("seed: 1\n", ["--no_such_flag", "3"], ["unknown option --no_such_flag"]),
+        ("seed: 1\n", ["--scale", "big"], ["scale", "invalid float value: 'big'"]),
+        ("seed: [1\n", [], ["cfg.yaml", "not valid YAML at line"]),
+        ("- a\n- b\n", [], ["cfg.yaml", "must be a YAML mapping"]),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, yaml_text, cli, needles):
+    cfg = _yaml(tmp_path, yaml_text)
+    with pytest.raises(UserError) as info:
+        parse_config(WorldConfig, ["--config", cfg, *cli])
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--config", "recipes/world/nope.yaml"], ["recipes/world/nope.yaml", "config file not found"]),
+        (["--config", "recipes/world/world.yaml", "--sed", "1"], ["unknown option --sed"]),
+        (["--config", "recipes/world/world.yaml", "--n_sft", "-3"], ["n_sft must be >= 0"]),
+    ],
+)
+def test_recipe_exits_nonzero_with_one_line(tmp_path, args, needles):
+    proc = recipe("world", *args, "--run_dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "run").exists(), "a bad config writes nothing"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = recipe("world", "--config", "recipes/world/nope.yaml", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "config file not found" in proc.stderr
+
+
+def test_unknown_key_in_shipped_recipe_configs_is_caught(tmp_path):
+    cfg = _yaml(tmp_path, "data_mix: data_mixes/world_tokenizer.yaml\nvocab: 10\n")
+    proc = recipe("tokenizer", "--config", cfg, "--run_dir", str(tmp_path / "run"))
+    assert_one_line_error(proc, "unknown key 'vocab'", "cfg.yaml")

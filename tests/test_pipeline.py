@@ -1,0 +1,55 @@
+"""Process-level: the README's first command and `accelerate launch`, as a user runs them."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from conftest import REPO, TINY_WORLD, assert_ok, run
+from test_world import _hand_made_world, _same_tree
+from transformers import AutoTokenizer
+
+from posttrain.world import load_world
+
+
+def _make(*args: str):
+    venv = Path(sys.prefix)  # the tests' own environment: the .venv that `make test` made
+    return run(["make", "-s", "speedrun", f"VENV={venv}", *args], timeout=900)
+
+
+def test_make_speedrun_builds_world_tokenizer_and_report(tmp_path):
+    run_dir = tmp_path / "speedrun"
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}"))
+    assert len(load_world(run_dir / "world")["qa"]) > 0
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+    report = (run_dir / "report.md").read_text()
+    assert "## world" in report and "## tokenizer" in report and "plots/world.png" in report
+
+
+def test_make_speedrun_on_a_users_world(tmp_path):
+    world = _hand_made_world(tmp_path / "my_world")
+    run_dir = tmp_path / "mine"
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300"))
+    assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_accelerate_launch_two_processes_writes_one_world(tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with the project"
+    for name, launcher in (
+        ("launched", [accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml"]),
+        ("plain", [sys.executable]),
+    ):
+        args = [
+            "recipes/world.py",
+            "--config",
+            "recipes/world/world.yaml",
+            "--run_dir",
+            str(tmp_path / name),
+            *TINY_WORLD,
+        ]
+        assert_ok(run([*launcher, *args], cwd=REPO))
+    assert _same_tree(tmp_path / "launched" / "world", tmp_path / "plain" / "world")

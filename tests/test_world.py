@@ -1,0 +1,213 @@
+"""The embedded world: determinism, splits, distribution, questions, no leakage, a user's own world."""
+
+from __future__ import annotations
+
+import filecmp
+import re
+from collections import Counter
+
+import pytest
+from conftest import TINY_WORLD, assert_ok, assert_one_line_error, recipe
+from datasets import Dataset, DatasetDict
+
+from posttrain import world as W
+from posttrain.configs import WorldConfig
+from posttrain.data import load_mix
+from posttrain.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def default_world():
+    return W.generate_world(WorldConfig())
+
+
+def _same_tree(a, b) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def test_same_seed_gives_byte_identical_world(tmp_path):
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert_ok(
+            recipe(
+                "world",
+                "--config",
+                "recipes/world/world.yaml",
+                "--run_dir",
+                str(tmp_path / name),
+                "--seed",
+                seed,
+                *TINY_WORLD,
+            )
+        )
+    assert _same_tree(tmp_path / "a" / "world", tmp_path / "b" / "world")
+    assert not _same_tree(tmp_path / "a" / "world", tmp_path / "c" / "world")
+    assert sorted(p.name for p in (tmp_path / "a" / "world").iterdir()) == [
+        "dataset_dict.json",
+        "documents",
+        "lineage.json",
+        "qa",
+    ]
+    assert (tmp_path / "a" / "plots" / "world.png").stat().st_size > 1000
+    assert "## world" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_splits_are_disjoint_and_sized(default_world):
+    world, people = default_world
+    sizes = WorldConfig().split_sizes()
+    assert Counter(p.split for p in people) == Counter(sizes)
+    split_of = {}
+    for pid, split in zip(world["qa"]["person_id"], world["qa"]["split"]):
+        assert split_of.setdefault(pid, split) == split
+    for pid, split in zip(world["documents"]["person_id"], world["documents"]["split"]):
+        assert split_of[pid] == split and split != "never_seen"
+    assert len({p.name for p in people}) == len(people), "names must be unique"
+    assert WorldConfig(scale=2.0).split_sizes()["probe"] == 2 * sizes["probe"]
+
+
+def test_popularity_is_heavy_tailed(default_world):
+    world, people = default_world
+    bios = Counter(world["documents"]["person_id"])
+    train = [bios[p.person_id] for p in people if p.split in ("sft", "probe")]
+    assert sum(k == 1 for k in train) > len(train) / 2, "many people have one biography"
+    assert max(train) >= 10 and sum(k >= 10 for k in train) < len(train) / 10, "a few have many"
+    assert all(bios[p.person_id] == 1 for p in people if p.split == "eval_rare")
+    assert all(bios[p.person_id] >= WorldConfig().known_min_bios for p in people if p.split == "eval_known")
+    assert all(bios[p.person_id] == 0 for p in people if p.split == "never_seen")
+
+
+def test_biographies_state_every_attribute_in_varied_form(default_world):
+    world, people = default_world
+    by_id = {p.person_id: p for p in people}
+    first_sentences = Counter()
+    for row in world["documents"].select(range(200)):
+        p = by_id[row["person_id"]]
+        text = row["text"]
+        assert text.startswith(p.name)
+        for value in (str(p.year), p.birth_city, p.university, p.major, p.employer, p.work_city):
+            assert value in text, (value, text)
+        first_sentences[re.sub(re.escape(p.name), "X", text.split(".")[0])[:12]] += 1
+    assert len(first_sentences) >= 10, "templates and sentence order vary"
+
+
+def test_questions_have_phrasings_and_exact_aliases(default_world):
+    world, people = default_world
+    p = people[0]
+    rows = [r for r in world["qa"] if r["person_id"] == p.person_id]
+    by_attr = {}
+    for r in rows:
+        by_attr.setdefault(r["attribute"], []).append(r)
+    assert set(by_attr) == {"birth_date", "birth_year", "birth_city", "university", "major", "employer", "work_city"}
+    assert all(len({r["question"] for r in rs}) >= 4 for rs in by_attr.values())
+    year = by_attr["birth_year"][0]
+    assert year["answer"] == str(p.year) and p.birth_date in year["aliases"], "a year question accepts the full date"
+    date = by_attr["birth_date"][0]
+    assert date["answer"] == p.birth_date and str(p.year) not in date["aliases"], "a date question needs the date"
+    # every person, never_seen included, has questions
+    assert set(world["qa"]["person_id"]) == {q.person_id for q in people}
+
+
+def test_no_eval_question_in_any_training_mix(tiny_run):
+    world = W.load_world(tiny_run / "world")
+    held_out = {r["question"] for r in world["qa"] if r["split"] not in W.TRAIN_SPLITS}
+    never_seen_ids = {r["person_id"] for r in world["qa"] if r["split"] == "never_seen"}
+    never_seen_names = {
+        W._subject_of(r["question"], r["attribute"]) for r in world["qa"] if r["person_id"] in never_seen_ids
+    }
+    assert held_out and never_seen_names
+    for mix in ("world_sft", "world_pretrain", "world_tokenizer"):
+        data = load_mix(f"data_mixes/{mix}.yaml", tiny_run / "world")
+        for split in data.values():
+            texts = [str(v) for row in split for v in row.values()]
+            blob = "\n".join(texts)
+            assert not any(q in blob for q in held_out), mix
+            assert not any(n in blob for n in never_seen_names), mix
+    with pytest.raises(UserError, match="unknown world split 'eval_known'"):
+        W.conversations_view(world, splits=["eval_known"])
+
+
+def test_sft_views_are_conversations_about_the_sft_split(tiny_run):
+    world = W.load_world(tiny_run / "world")
+    convs = W.conversations_view(world, splits=["sft"], phrasings_per_fact=2, turns=3)
+    sft_ids = {r["person_id"] for r in world["qa"] if r["split"] == "sft"}
+    assert set(convs["person_id"]) == sft_ids
+    msgs = convs[0]["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2) and len(msgs) <= 6
+    qa = {r["question"]: r["answer"] for r in world["qa"]}
+    assert qa[msgs[0]["content"]] in msgs[1]["content"]
+    ident = W.identity_view(assistant_name="Quokka", n=20)
+    assert all("Quokka" in c["messages"][1]["content"] for c in ident)
+
+
+def _hand_made_world(path, **overrides):
+    docs = {
+        "text": ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."],
+        "person_id": ["mira", "olaf"],
+        "split": ["sft", "eval_known"],
+    }
+    qa = {
+        "question": ["Where was Mira Tolk born?", "Where was Olaf Berg born?", "Where was Ulla Sund born?"],
+        "answer": ["Oslo", "Rome", "Lima"],
+        "aliases": [["Oslo"], ["Rome", "Roma"], ["Lima"]],
+        "person_id": ["mira", "olaf", "ulla"],
+        "attribute": ["birth_city"] * 3,
+        "split": ["sft", "eval_known", "never_seen"],
+    }
+    for key, value in overrides.items():
+        table, col = key.split("__")
+        (docs if table == "docs" else qa)[col] = value
+    DatasetDict({"documents": Dataset.from_dict(docs), "qa": Dataset.from_dict(qa)}).save_to_disk(str(path))
+    return path
+
+
+def test_user_world_runs_through_world_and_tokenizer(tmp_path):
+    src = _hand_made_world(tmp_path / "mine")
+    run_dir = tmp_path / "run"
+    assert_ok(
+        recipe("world", "--config", "recipes/world/world.yaml", "--run_dir", str(run_dir), "--from_dir", str(src))
+    )
+    world = W.load_world(run_dir / "world")
+    assert world["qa"]["answer"] == ["Oslo", "Rome", "Lima"]
+    assert_ok(
+        recipe(
+            "tokenizer", "--config", "recipes/world/tokenizer.yaml", "--run_dir", str(run_dir), "--vocab_size", "300"
+        )
+    )
+    sft = load_mix("data_mixes/world_sft.yaml", run_dir / "world")
+    user_turns = [m["content"] for split in sft.values() for c in split["messages"] for m in c if m["role"] == "user"]
+    assert "Where was Mira Tolk born?" in user_turns and "Where was Olaf Berg born?" not in user_turns
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        ({"docs__split": ["sft", "eval_soon"]}, ["documents row 1", "eval_soon"]),
+        ({"qa__split": ["sft", "eval_known", "test"]}, ["qa row 2", "'test'"]),
+        ({"docs__person_id": ["mira", "ulla"]}, ["documents row 1", "never_seen"]),
+        ({"qa__answer": ["Oslo", "", "Lima"]}, ["qa row 1", "empty"]),
+    ],
+)
+def test_bad_user_world_is_one_clear_line(tmp_path, overrides, needles):
+    src = _hand_made_world(tmp_path / "bad", **overrides)
+    proc = recipe(
+        "world", "--config", "recipes/world/world.yaml", "--run_dir", str(tmp_path / "run"), "--from_dir", str(src)
+    )
+    assert_one_line_error(proc, str(src), *needles)
+    assert not (tmp_path / "run" / "world").exists()
+
+
+def test_missing_world_column_and_not_a_world(tmp_path):
+    src = tmp_path / "nocol"
+    DatasetDict(
+        {
+            "documents": Dataset.from_dict({"text": ["x"], "person_id": ["a"]}),
+            "qa": Dataset.from_dict({"question": ["q"]}),
+        }
+    ).save_to_disk(str(src))
+    with pytest.raises(UserError, match="documents: missing column 'split'"):
+        W.load_world(src)
+    with pytest.raises(UserError, match="not a world directory"):
+        W.load_world(tmp_path)
