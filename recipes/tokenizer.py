@@ -43,12 +43,15 @@ def main():
             "tokenizer",
             to_dict(cfg),
             parents=parents,
-            data_mix={"path": cfg.data_mix, "hash": mix_hash(mix, data, world_dir)},
+            data_mix={"path": cfg.data_mix, "hash": mix_hash(mix, world_dir)},
             summary={"vocab_size": len(tokenizer), "heldout_bytes_per_token": round(compression["bytes_per_token"], 3)},
         )
     build_report(cfg.run_dir)
+    short = (
+        f" (asked {cfg.vocab_size}: the corpus has no more pairs seen twice)" if len(tokenizer) < cfg.vocab_size else ""
+    )
     print(
-        f"tokenizer -> {out}: vocab {len(tokenizer)}, held-out compression "
+        f"tokenizer -> {out}: vocab {len(tokenizer)}{short}, held-out compression "
         f"{compression['bytes_per_token']:.2f} bytes/token over {compression['texts']} texts"
     )
 

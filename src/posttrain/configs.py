@@ -65,7 +65,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _field_types(dataclass_types) -> dict:
+def field_types(dataclass_types) -> dict:
     hints = {}
     for cls in dataclass_types:
         resolved = typing.get_type_hints(cls)
@@ -113,7 +113,7 @@ def parse_config(dataclass_types, args: Sequence[str] | None = None) -> tuple:
     """Parse `--config file.yaml` plus `--key value` overrides into instances of `dataclass_types` (CLI wins)."""
     dataclass_types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
     args = list(sys.argv[1:] if args is None else args)
-    hints = _field_types(dataclass_types)
+    hints = field_types(dataclass_types)
     parser = _Parser(dataclass_types)
     if "--config" in args:
         i = args.index("--config")

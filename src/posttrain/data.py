@@ -18,6 +18,7 @@ split happen here because renames must come before concatenation.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from trl import DatasetMixtureConfig, get_dataset
 from trl.scripts.utils import DatasetConfig
 
 from posttrain import world as world_lib
-from posttrain.configs import _field_types, check_keys, read_yaml_mapping
+from posttrain.configs import check_keys, field_types, read_yaml_mapping
 from posttrain.errors import UserError
 
 REQUIRED_COLUMNS = {
@@ -73,13 +74,13 @@ def read_mix(path: str | Path) -> DataMix:
     """Parse and validate a mix file without loading any data (so Hub mixes are checked offline)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "data mix")
-    mix_keys = {f.name: t for f, t in zip(dataclasses.fields(DataMix), _field_types([DataMix]).values())}
+    mix_keys = {f.name: t for f, t in zip(dataclasses.fields(DataMix), field_types([DataMix]).values())}
     mix_keys.pop("source_file")
     check_keys(raw, mix_keys, str(path))
     sources = raw.get("datasets")
     if not isinstance(sources, list) or not sources:
         raise UserError(f"{path}: 'datasets' must be a non-empty list of sources")
-    source_types = _field_types([MixSource])
+    source_types = field_types([MixSource])
     for i, src in enumerate(sources):
         where = f"{path}: source {i}"
         if not isinstance(src, dict):
@@ -87,9 +88,6 @@ def read_mix(path: str | Path) -> DataMix:
         check_keys(src, source_types, where)
         if not src.get("path"):
             raise UserError(f"{where}: missing 'path'")
-        for key in ("split", "name", "data_dir"):
-            if key in src and not isinstance(src[key], (str, type(None))):
-                raise UserError(f"{where}: '{key}' must be a string")
     try:
         mix = DataMix(**raw, source_file=str(path))
     except TypeError as exc:
@@ -119,7 +117,7 @@ def validate_mix(mix: DataMix) -> None:
             if src.name not in world_lib.VIEWS:
                 raise UserError(f"{where}: world sources need name: one of {', '.join(world_lib.VIEWS)}")
             try:
-                world_lib._check_splits(src.world_splits or [])
+                world_lib.check_splits(src.world_splits or [])
             except UserError as exc:
                 raise UserError(f"{where}: {exc}") from None
         elif src.world_splits or src.options:
@@ -283,16 +281,32 @@ def load_mix(mix: DataMix | str | Path, world_dir: str | Path | None = None) -> 
     return datasets.DatasetDict({"train": combined})
 
 
-def mix_hash(mix: DataMix, loaded: datasets.DatasetDict | None = None, world_dir: str | Path | None = None) -> str:
-    """Which data made a run: the resolved mix config, the world's content hash and the loaded data's fingerprints."""
+def mix_hash(mix: DataMix, world_dir: str | Path | None = None) -> str:
+    """Which data made a run: the resolved mix, the world's content hash, and the content of local data files.
+
+    Hub sources are named by path/name/split (their content cannot be read offline). Local files over 256 MB
+    are named by size and modification time instead of their bytes, to keep this fast.
+    """
     h = hashlib.sha256()
     cfg = {k: v for k, v in dataclasses.asdict(mix).items() if k not in ("source_file", "description")}
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     if world_dir and any(s.is_world for s in mix.datasets):
         h.update(world_lib.world_hash(world_dir).encode())
-    if loaded is not None:
-        for name in sorted(loaded):
-            fp = getattr(loaded[name], "_fingerprint", None)
-            if fp and not any(s.is_world for s in mix.datasets):  # world views are covered by the world hash
-                h.update(f"{name}:{fp}".encode())
+    for src in mix.datasets:
+        for f in _local_files(src):
+            stat = f.stat()
+            h.update(str(f).encode())
+            h.update(f.read_bytes() if stat.st_size <= 256 << 20 else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def _local_files(src: MixSource) -> list[Path]:
+    files = src.data_files
+    if isinstance(files, dict):
+        files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    elif isinstance(files, str):
+        files = [files]
+    out = []
+    for pattern in files or []:  # data_files may be globs, relative to the working directory as in `datasets`
+        out += sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    return out

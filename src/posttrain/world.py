@@ -469,7 +469,7 @@ def save_world(world: DatasetDict, path: str | Path) -> Path:
 # Views: what stages derive from a world. Each takes the world DatasetDict and returns a Dataset.
 
 
-def _check_splits(splits, allowed=SPLITS) -> list[str]:
+def check_splits(splits, allowed=SPLITS) -> list[str]:
     splits = list(splits)
     bad = [s for s in splits if s not in allowed]
     if bad:
@@ -478,12 +478,12 @@ def _check_splits(splits, allowed=SPLITS) -> list[str]:
 
 
 def documents_view(world: DatasetDict, splits=PRETRAIN_SPLITS, **_) -> Dataset:
-    keep = set(_check_splits(splits))
+    keep = set(check_splits(splits))
     return world["documents"].filter(lambda s: s in keep, input_columns="split")
 
 
 def qa_view(world: DatasetDict, splits=SPLITS, **_) -> Dataset:
-    keep = set(_check_splits(splits))
+    keep = set(check_splits(splits))
     return world["qa"].filter(lambda s: s in keep, input_columns="split")
 
 
@@ -493,7 +493,7 @@ def conversations_view(
     """QA about `splits` people as chat conversations (column `messages`): `phrasings_per_fact` phrasings of each
     fact, grouped `turns` questions about one person per conversation. Training splits only: asking for an eval
     split here is an error, so eval questions cannot leak into SFT data."""
-    splits = _check_splits(splits, TRAIN_SPLITS)
+    splits = check_splits(splits, TRAIN_SPLITS)
     rng = random.Random(f"{seed}-conversations")
     by_fact: dict[tuple[str, str], list[dict]] = {}
     for row in qa_view(world, splits):
