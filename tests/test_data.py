@@ -84,6 +84,17 @@ def test_streaming_mix(tmp_path):
     data = load_mix(_mix(tmp_path, f"kind: text\nstreaming: true\ndatasets:\n  - {{path: json, data_files: {a}}}\n"))
     assert isinstance(data["train"], IterableDataset)
     assert sorted(r["text"] for r in data["train"]) == [f"t{i}" for i in range(5)]
+    big = _jsonl(tmp_path / "big.jsonl", [{"text": f"big{i}"} for i in range(400)])
+    mixed = _mix(
+        tmp_path,
+        f"kind: text\nstreaming: true\ndatasets:\n  - {{path: json, data_files: {big}, fraction: 0.8}}\n"
+        f"  - {{path: json, data_files: {a}, fraction: 0.2}}\n",
+    )
+    rows = [r["text"] for r in load_mix(mixed)["train"]]
+    assert sum(r.startswith("big") for r in rows) == 400, "every row of the largest source, once"
+    small = sum(r.startswith("t") for r in rows)
+    assert 40 < small < 200, f"the small source is repeated to about its share: {small}"
+    assert any(r.startswith("t") for r in rows[:20]), "interleaved, not appended"
 
 
 def _bad_cases(tmp_path: Path) -> dict[str, tuple[str, list[str]]]:

@@ -51,5 +51,8 @@ def test_accelerate_launch_two_processes_writes_one_world(tmp_path):
             str(tmp_path / name),
             *TINY_WORLD,
         ]
-        assert_ok(run([*launcher, *args], cwd=REPO))
+        proc = run([*launcher, *args], cwd=REPO)
+        assert_ok(proc)
+        if name == "launched":
+            assert "2 processes (MULTI_CPU)" in proc.stdout, "two real processes in one gloo group"
     assert _same_tree(tmp_path / "launched" / "world", tmp_path / "plain" / "world")

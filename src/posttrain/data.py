@@ -107,8 +107,6 @@ def validate_mix(mix: DataMix) -> None:
             raise UserError(f"{path}: 'fraction' must be set for all sources or none")
         if any(f <= 0 for f in fractions):
             raise UserError(f"{path}: every 'fraction' must be > 0")
-        if mix.streaming:
-            raise UserError(f"{path}: 'fraction' is not supported with streaming: true")
     if mix.test_split_size is not None and mix.test_split_size <= 0:
         raise UserError(f"{path}: test_split_size must be a fraction in (0, 1) or a row count >= 1")
     for i, src in enumerate(mix.datasets):
@@ -259,15 +257,24 @@ def load_mix(mix: DataMix | str | Path, world_dir: str | Path | None = None) -> 
         where = _describe(i, src, mix)
         ds = _finish_source(mix, src, _load_source(mix, src, world, where), where)
         parts.append(ds)
+    weights = None
     if mix.datasets[0].fraction is not None:
-        # Same semantics as trl.get_dataset: fractions are target shares; no source is oversampled.
         weights = [s.fraction / sum(x.fraction for x in mix.datasets) for s in mix.datasets]
-        total = min(len(d) / w for d, w in zip(parts, weights))
-        parts = [d.select(range(round(w * total))) for d, w in zip(parts, weights)]
     common = [c for c in parts[0].column_names or [] if all(c in (p.column_names or [c]) for p in parts)]
     if common and not mix.streaming:
         parts = [p.select_columns(common) for p in parts]
-    combined = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if weights and mix.streaming:
+        # TRL refuses fractions when streaming; for Hub-scale pretraining we interleave with those probabilities,
+        # repeating small sources (e.g. the world's biographies) until the largest is exhausted.
+        combined = datasets.interleave_datasets(
+            parts, probabilities=weights, seed=mix.seed, stopping_strategy="all_exhausted"
+        )
+    else:
+        if weights:
+            # Same semantics as trl.get_dataset: fractions are target shares; no source is oversampled.
+            total = min(len(d) / w for d, w in zip(parts, weights))
+            parts = [d.select(range(round(w * total))) for d, w in zip(parts, weights)]
+        combined = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if mix.shuffle:
         combined = (
             combined.shuffle(seed=mix.seed)

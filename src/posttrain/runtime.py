@@ -1,23 +1,42 @@
-"""Process roles under `accelerate launch`: stages that write one folder do it on the main process only."""
+"""Process roles under `accelerate launch`.
+
+On a machine without a GPU, several processes must use the CPU over gloo. accelerate only does so when told
+(`Accelerator(cpu=True)` or ACCELERATE_USE_CPU=1), otherwise every process believes it is alone and trains on
+its own; `use_cpu()` makes that decision once for every stage. Stages that write a single folder (world,
+tokenizer) run on the main process only (`main_process_only`).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
+import torch
 from accelerate import PartialState
 
 
-def main_process_only(fn: Callable) -> Callable:
-    """Run `fn` on the main process; the other processes wait for it, then return None.
+def use_cpu() -> bool:
+    """CPU when asked (ACCELERATE_USE_CPU) or when several processes were launched and there is no CUDA device."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
-    For stages with no data-parallel work (world, tokenizer): under `accelerate launch` with N processes they
-    must not write the same folder N times.
-    """
+
+def process_state() -> PartialState:
+    return PartialState(cpu=use_cpu())
+
+
+def main_process_only(fn: Callable) -> Callable:
+    """Run `fn` on the main process; the other processes wait for it, then return None."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        state = PartialState()
+        state = process_state()
+        if state.num_processes > 1 and state.is_main_process:
+            print(
+                f"[posttrain] {state.num_processes} processes ({state.distributed_type.value}); this stage runs on the main one"
+            )
         result = fn(*args, **kwargs) if state.is_main_process else None
         state.wait_for_everyone()
         return result
