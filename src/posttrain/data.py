@@ -74,8 +74,8 @@ def read_mix(path: str | Path) -> DataMix:
     """Parse and validate a mix file without loading any data (so Hub mixes are checked offline)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "data mix")
-    mix_keys = {f.name: t for f, t in zip(dataclasses.fields(DataMix), field_types([DataMix]).values())}
-    mix_keys.pop("source_file")
+    mix_keys = field_types([DataMix])
+    mix_keys.pop("source_file")  # set by read_mix, not by the user
     check_keys(raw, mix_keys, str(path))
     sources = raw.get("datasets")
     if not isinstance(sources, list) or not sources:
