@@ -220,3 +220,73 @@ class TokenizerConfig(RunArguments):
     def __post_init__(self):
         if self.vocab_size < 300:
             raise UserError(f"vocab_size must be at least 300 (256 bytes + special tokens), got {self.vocab_size}")
+
+
+@dataclass
+class PretrainConfig(RunArguments):
+    """`recipes/pretrain.py`: next-token pretraining of a Llama model from scratch with accelerate."""
+
+    seed: int = 0
+    data_mix: str = field(default="data_mixes/world_pretrain.yaml", metadata={"help": "A 'text' mix."})
+    world_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
+    tokenizer_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/tokenizer."})
+    output_dir: str | None = field(default=None, metadata={"help": "HF export; defaults to <run_dir>/pretrain."})
+    checkpoint_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/checkpoints/pretrain."})
+    # model (posttrain.modeling.preset)
+    depth: int = field(default=4, metadata={"help": "Layers; width = depth × aspect_ratio."})
+    aspect_ratio: int = 64
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    tie_word_embeddings: bool = False
+    seq_len: int = field(default=256, metadata={"help": "Tokens per packed block."})
+    # budget and batch
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; wins over the token budget."})
+    max_tokens: int | None = field(default=None, metadata={"help": "Token budget."})
+    tokens_per_param: float | None = field(
+        default=None, metadata={"help": "Budget = ratio × parameters (20: Chinchilla)."}
+    )
+    global_batch_tokens: int = field(default=8192, metadata={"help": "Tokens per optimizer step, all processes."})
+    per_device_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass and process."})
+    # optimisation
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final lr as a fraction of the peak (cosine/wsd)."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine | wsd | constant (all with warmup)."})
+    warmup_ratio: float = 0.05
+    decay_ratio: float = field(default=0.2, metadata={"help": "wsd: share of steps spent decaying."})
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    # evaluation, logging, checkpoints
+    eval_every: int = field(default=100, metadata={"help": "Steps between validation passes (0: only at the end)."})
+    eval_max_tokens: int = field(default=131072, metadata={"help": "Validation tokens per pass, at most."})
+    log_every: int = 10
+    save_every: int = field(default=200, metadata={"help": "Steps between checkpoints (0: none)."})
+    keep_last: int = field(default=2, metadata={"help": "Checkpoints kept."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "Trackers: tensorboard, wandb, trackio."})
+    # device
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on a GPU that has it) | no | bf16 | fp16."}
+    )
+    compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on CUDA) | true | false."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads per process (default: cores / processes)."}
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+    def __post_init__(self):
+        if self.lr_scheduler not in ("cosine", "wsd", "constant"):
+            raise UserError(f"lr_scheduler must be cosine, wsd or constant, got '{self.lr_scheduler}'")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise UserError(f"mixed_precision must be auto, no, bf16 or fp16, got '{self.mixed_precision}'")
+        if self.compile not in ("auto", "true", "false"):
+            raise UserError(f"compile must be auto, true or false, got '{self.compile}'")
+        for name in ("depth", "seq_len", "global_batch_tokens", "per_device_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
+            raise UserError("set a budget: max_steps, max_tokens or tokens_per_param")

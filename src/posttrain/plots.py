@@ -34,3 +34,25 @@ def world_popularity(bios_counts: dict[str, int], splits: dict[str, str], path: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def loss_curves(records: list[dict], path: str | Path, title: str) -> Path:
+    """Training and validation loss against tokens seen."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""Training-state checkpoints: `accelerator.save_state`, written atomically, the last K kept, and resume.
+
+Layout under a stage's checkpoint folder (e.g. `runs/<run>/checkpoints/pretrain/`):
+
+    step_000200/     accelerate state (model, optimizer, scheduler, RNG of every process) + trainer_state.json
+    step_000300/
+    latest           one line: the name of the newest complete checkpoint
+
+A checkpoint is saved into `.step_000300.tmp`, then renamed, then `latest` is replaced (also by rename), so a
+kill at any moment leaves `latest` naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from posttrain.errors import UserError
+from posttrain.lineage import atomic_write_text
+
+STATE_FILE = "trainer_state.json"
+
+
+def save(accelerator, ckpt_root: str | Path, step: int, trainer_state: dict, keep_last: int) -> Path:
+    """Save on every process (accelerate needs all of them); the main process publishes and prunes."""
+    root = Path(ckpt_root)
+    name = f"step_{step:06d}"
+    tmp = root / f".{name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    final = root / name
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_text(root / "latest", name + "\n")
+        complete = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+        for old in complete[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:
+    """`latest` → the newest complete checkpoint (None when there is none yet); a path → that checkpoint."""
+    if not resume:
+        return None
+    root = Path(ckpt_root)
+    if resume == "latest":
+        pointer = root / "latest"
+        if not pointer.is_file():
+            return None
+        path = root / pointer.read_text().strip()
+    else:
+        path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pass --resume_from_checkpoint latest")
+    return path
+
+
+def load(accelerator, path: Path) -> dict:
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def export_hf(accelerator, model, tokenizer, out: str | Path, generation_config=None, extra=None) -> Path:
+    """The stage's HF checkpoint (safetensors, tokenizer, generation config), written atomically.
+
+    `accelerator.get_state_dict` gathers sharded weights (FSDP, ZeRO-3) on every process; the main one writes.
+    `extra(tmp_dir)` adds files (lineage, metrics) inside the same atomic swap.
+    """
+    from posttrain.lineage import atomic_directory
+
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        with atomic_directory(out) as tmp:
+            unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if generation_config is not None:
+                generation_config.save_pretrained(tmp)
+            if extra is not None:
+                extra(tmp)
+    accelerator.wait_for_everyone()
+    return Path(out)

@@ -1,0 +1,314 @@
+"""Next-token pretraining on accelerate: the loop, validation (loss, bits per byte), throughput/MFU, resume.
+
+Why a hand-written loop rather than `transformers.Trainer`: pretraining needs a token budget and a global batch
+in tokens, bits-per-byte validation, MFU against a measured peak and exact resume of a packed, reshuffled-per-epoch
+stream; the loop stays a screen long and as fast as a raw PyTorch loop (bench/pretrain_throughput.py). Devices,
+DDP / FSDP / DeepSpeed, mixed precision, gradient accumulation, checkpoint state and trackers are accelerate's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader, skip_first_batches
+from accelerate.utils import InitProcessGroupKwargs
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from posttrain import checkpoint
+from posttrain.errors import UserError
+from posttrain.runtime import use_cpu
+from posttrain.throughput import device_peak_flops, mfu
+
+
+def make_accelerator(cfg, grad_accum: int) -> Accelerator:
+    """The Accelerator for a config: CPU/gloo without CUDA, bf16 where the GPU has it, trackers if installed."""
+    cpu = use_cpu() or not torch.cuda.is_available()
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    trackers = [t for t in cfg.report_to if t not in ("none", "")]
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        gradient_accumulation_steps=grad_accum,
+        log_with=trackers or None,
+        project_dir=cfg.run_dir,
+        kwargs_handlers=kwargs,
+    )
+
+
+def set_threads(cfg) -> int:
+    """CPU threads per process: cores / local processes (two processes × all cores each collapse throughput)."""
+    if cfg.num_threads:
+        n = cfg.num_threads
+    elif "OMP_NUM_THREADS" in os.environ:
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(n)
+    return n
+
+
+def lr_lambda_kwargs(cfg, total_steps: int) -> tuple[str, dict]:
+    """transformers scheduler name and kwargs for cosine / wsd / constant, all with linear warmup."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    if cfg.lr_scheduler == "cosine":
+        return "cosine_with_min_lr", {
+            "num_warmup_steps": warmup,
+            "scheduler_specific_kwargs": {"min_lr_rate": cfg.min_lr_ratio},
+        }
+    if cfg.lr_scheduler == "wsd":
+        decay = int(cfg.decay_ratio * total_steps)
+        return "warmup_stable_decay", {
+            "num_warmup_steps": warmup,
+            "scheduler_specific_kwargs": {"num_decay_steps": decay, "min_lr_ratio": cfg.min_lr_ratio},
+        }
+    return "constant_with_warmup", {"num_warmup_steps": warmup}
+
+
+@dataclass
+class Plan:
+    """Steps and batch arithmetic, fixed before training starts."""
+
+    total_steps: int
+    grad_accum: int
+    tokens_per_step: int
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(cfg, n_params: int, num_processes: int) -> Plan:
+    per_micro = cfg.per_device_batch_size * cfg.seq_len * num_processes
+    if cfg.global_batch_tokens % per_micro:
+        raise UserError(
+            f"global_batch_tokens {cfg.global_batch_tokens} is not a multiple of per_device_batch_size × seq_len × "
+            f"processes = {cfg.per_device_batch_size} × {cfg.seq_len} × {num_processes} = {per_micro}"
+        )
+    grad_accum = cfg.global_batch_tokens // per_micro
+    if cfg.max_steps is not None:
+        steps, why = cfg.max_steps, "max_steps"
+    elif cfg.max_tokens is not None:
+        steps, why = max(1, cfg.max_tokens // cfg.global_batch_tokens), f"max_tokens {cfg.max_tokens:,}"
+    else:
+        budget = int(cfg.tokens_per_param * n_params)
+        steps, why = max(1, budget // cfg.global_batch_tokens), f"{cfg.tokens_per_param} tokens/param"
+    notes = [f"{steps} steps ({why}) × {cfg.global_batch_tokens:,} tokens, grad accumulation {grad_accum}"]
+    return Plan(steps, grad_accum, cfg.global_batch_tokens, notes)
+
+
+def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tensor]:
+    """Endless micro-batches: the packed set reshuffled each epoch (seed + epoch), sharded over processes by
+    accelerate; resuming at micro-batch k yields exactly what an uninterrupted run would have from k on."""
+    per_epoch = None
+    epoch, skip = 0, start_micro
+    while True:
+        shuffled = dataset.shuffle(seed=cfg.seed + epoch) if hasattr(dataset, "shuffle") else dataset
+        loader = prepare_data_loader(
+            DataLoader(shuffled.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=True),
+            device=accelerator.device,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            put_on_device=True,
+        )
+        if per_epoch is None:
+            per_epoch = len(loader)
+            if per_epoch == 0:
+                raise UserError(
+                    f"the training set has too few blocks for one batch of {cfg.per_device_batch_size} × "
+                    f"{accelerator.num_processes} processes; lower per_device_batch_size or seq_len"
+                )
+            epoch, skip = divmod(start_micro, per_epoch)
+            if epoch:
+                continue  # rebuild the loader with this epoch's shuffle
+        if skip:
+            loader = skip_first_batches(loader, skip)
+        for batch in loader:
+            yield batch["input_ids"]
+        epoch, skip = epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg, accelerator, token_bytes: torch.Tensor) -> dict:
+    """Validation loss (nats/token) and bits per byte (special tokens excluded), over all processes."""
+    model.eval()
+    loader = prepare_data_loader(
+        DataLoader(dataset.with_format("torch"), batch_size=cfg.per_device_batch_size),
+        device=accelerator.device,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        put_on_device=True,
+        even_batches=False,
+    )
+    nats = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, bytes
+    tb = token_bytes.to(accelerator.device)
+    budget = cfg.eval_max_tokens // accelerator.num_processes
+    seen = 0
+    for batch in loader:
+        x = batch["input_ids"]
+        with accelerator.autocast():
+            logits = model(input_ids=x).logits
+        targets = x[:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
+        nbytes = tb[targets.flatten().clamp(max=tb.numel() - 1)]
+        counted = nbytes > 0
+        nats += torch.stack([(loss.double() * counted).sum(), counted.sum().double(), nbytes.sum()])
+        seen += x.numel()
+        if seen >= budget:
+            break
+    nats = accelerator.reduce(nats, reduction="sum")
+    model.train()
+    loss_sum, tokens, nbytes = nats.tolist()
+    if tokens == 0:
+        return {"val_loss": float("nan"), "val_bpb": float("nan")}
+    return {"val_loss": loss_sum / tokens, "val_bpb": loss_sum / (math.log(2) * nbytes)}
+
+
+class MetricsLog:
+    """metrics.jsonl beside the checkpoints (main process): one line per log/eval; trimmed on resume."""
+
+    def __init__(self, path: Path, accelerator, resume_step: int):
+        self.path, self.accelerator = path, accelerator
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if resume_step and path.is_file():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict, step: int) -> None:
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+
+def train(
+    cfg,
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    train_set,
+    val_set,
+    token_bytes,
+    the_plan: Plan,
+    flops_per_token: float,
+    ckpt_root: Path,
+) -> dict:
+    """Run (or resume) the loop; returns the final numbers. Every process calls this."""
+    resume = checkpoint.resolve(cfg.resume_from_checkpoint, ckpt_root)
+    state = {"step": 0, "train_seconds": 0.0}
+    if resume is not None:
+        state = checkpoint.load(accelerator, resume)
+        accelerator.print(f"resumed from {resume} at step {state['step']}")
+    elif cfg.resume_from_checkpoint == "latest":
+        accelerator.print(f"no checkpoint in {ckpt_root} yet: starting from scratch")
+    log = MetricsLog(ckpt_root / "metrics.jsonl", accelerator, state["step"])
+    peak, peak_source = device_peak_flops(accelerator.device)
+    stream = batches(train_set, cfg, accelerator, state["step"] * the_plan.grad_accum)
+    model.train()
+
+    step = state["step"]
+    bar = tqdm(total=the_plan.total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain")
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_steps, window_time = 0, 0.0
+    last = {}
+    while step < the_plan.total_steps:
+        t0 = time.perf_counter()
+        for _ in range(the_plan.grad_accum):
+            x = next(stream)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = model(input_ids=x, labels=x).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach() / the_plan.grad_accum
+        scheduler.step()
+        step += 1
+        dt = time.perf_counter() - t0
+        state["train_seconds"] += dt
+        window_time += dt
+        window_steps += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == the_plan.total_steps:
+            train_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
+            tok_s = window_steps * the_plan.tokens_per_step / window_time
+            last = {
+                "step": step,
+                "tokens": step * the_plan.tokens_per_step,
+                "train_loss": train_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": tok_s,
+                "mfu": mfu(flops_per_token, tok_s, peak, accelerator.num_processes),
+            }
+            log.write(last, step)
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{last['mfu']:.1%}")
+            window_loss.zero_()
+            window_steps, window_time = 0, 0.0
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == the_plan.total_steps:
+            metrics = evaluate(model, val_set, cfg, accelerator, token_bytes)
+            log.write({"step": step, "tokens": step * the_plan.tokens_per_step, **metrics}, step)
+            bar.write(f"step {step}: val loss {metrics['val_loss']:.4f}, {metrics['val_bpb']:.4f} bits/byte")
+            last.update(metrics)
+        if cfg.save_every and step % cfg.save_every == 0 and step < the_plan.total_steps:
+            checkpoint.save(accelerator, ckpt_root, step, {**state, "step": step}, cfg.keep_last)
+    bar.close()
+    records = log.records() if accelerator.is_main_process else []
+    trained = [r for r in records if "tokens_per_s" in r]
+    steady = trained[1:] or trained  # the first window includes warm-up
+    return {
+        "steps": step,
+        "tokens": step * the_plan.tokens_per_step,
+        "train_loss": last.get("train_loss"),
+        "val_loss": last.get("val_loss"),
+        "val_bpb": last.get("val_bpb"),
+        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / max(1, len(steady)),
+        "mfu": sum(r["mfu"] for r in steady) / max(1, len(steady)),
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "train_seconds": state["train_seconds"],
+        "records": records,
+    }
+
+
+def maybe_compile(model, cfg):
+    if cfg.compile == "true" or (cfg.compile == "auto" and torch.cuda.is_available()):
+        return torch.compile(model)
+    return model
+
+
+def optimizer_for(model, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused where the device supports it (CUDA; recent CPU builds), no decay on norms and biases."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": 1e-8}
+    with contextlib.suppress(RuntimeError, TypeError):
+        if device.type == "cuda":
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def scheduler_for(optimizer, cfg, total_steps: int):
+    name, kwargs = lr_lambda_kwargs(cfg, total_steps)
+    return get_scheduler(name, optimizer, num_training_steps=total_steps, **kwargs)
