@@ -273,6 +273,7 @@ def train(
         if cfg.save_every and step % cfg.save_every == 0 and step < the_plan.total_steps:
             checkpoint.save(accelerator, ckpt_root, step, {**state, "step": step}, cfg.keep_last)
     bar.close()
+    in_sync = replicas_in_sync(model, accelerator)
     records = log.records() if accelerator.is_main_process else []
     trained = [r for r in records if "tokens_per_s" in r]
     steady = trained[1:] or trained  # the first window includes warm-up
@@ -287,8 +288,27 @@ def train(
         "peak_flops": peak,
         "peak_source": peak_source,
         "train_seconds": state["train_seconds"],
+        "replicas_in_sync": in_sync,
         "records": records,
     }
+
+
+def replicas_in_sync(model, accelerator) -> bool | None:
+    """Data parallel: every process must hold the same weights (a checksum per process, gathered and compared).
+    None where weights are sharded (FSDP, ZeRO-3) or there is one process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.num_processes == 1 or accelerator.distributed_type not in (
+        DistributedType.MULTI_CPU,
+        DistributedType.MULTI_GPU,
+    ):
+        return None
+    with torch.no_grad():
+        total = sum(p.detach().double().sum() for p in model.parameters())
+    sums = accelerator.gather(total.reshape(1).to(accelerator.device)).tolist()
+    if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
+        raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {sums}")
+    return True
 
 
 def maybe_compile(model, cfg):

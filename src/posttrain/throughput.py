@@ -32,7 +32,7 @@ GPU_PEAK_BF16 = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_cpu_peak(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Best FLOP/s of an n×n matmul on this CPU with the current torch thread count."""
     a = torch.randn(n, n, dtype=dtype)
