@@ -27,7 +27,7 @@ $(VENV)/.stamp-base: pyproject.toml | $(VPY)
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
-	$(VPY) -m pip install -q -e ".[dev]"
+	$(VPY) -m pip install -q -e ".[dev,deepspeed]"
 	touch $@
 
 install: $(VENV)/.stamp-base

@@ -58,7 +58,8 @@ def main():
         f"model: depth {cfg.depth}, width {config.hidden_size}, {params['total'] / 1e6:.2f}M parameters "
         f"({params['non_embedding'] / 1e6:.2f}M non-embedding), {fpt / 1e6:.1f} MFLOP/token; "
         f"data: {len(train_set):,} train / {len(val_set):,} val blocks of {cfg.seq_len}; {the_plan.notes[0]}; "
-        f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} threads each"
+        f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}) on {accelerator.device}, "
+        f"{threads} threads each"
     )
 
     model = init_model(config, cfg.seed, cfg.attn_implementation)

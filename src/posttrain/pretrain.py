@@ -28,19 +28,20 @@ from transformers import get_scheduler
 
 from posttrain import checkpoint
 from posttrain.errors import UserError
-from posttrain.runtime import use_cpu
+from posttrain.runtime import process_group_kwargs, use_cpu
 from posttrain.throughput import device_peak_flops, mfu
 
 
 def make_accelerator(cfg, grad_accum: int) -> Accelerator:
     """The Accelerator for a config: CPU/gloo without CUDA, bf16 where the GPU has it, trackers if installed."""
-    cpu = use_cpu() or not torch.cuda.is_available()
+    cpu = use_cpu()
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     trackers = [t for t in cfg.report_to if t not in ("none", "")]
-    kwargs = [InitProcessGroupKwargs(backend="gloo")] if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
-    return Accelerator(
+    group = process_group_kwargs()
+    kwargs = [InitProcessGroupKwargs(**group)] if group else []
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=precision,
         gradient_accumulation_steps=grad_accum,
@@ -48,6 +49,11 @@ def make_accelerator(cfg, grad_accum: int) -> Accelerator:
         project_dir=cfg.run_dir,
         kwargs_handlers=kwargs,
     )
+    if accelerator.state.deepspeed_plugin is not None:  # our loaders are not prepared by accelerate: say the size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            cfg.per_device_batch_size
+        )
+    return accelerator
 
 
 def set_threads(cfg) -> int:
@@ -142,7 +148,11 @@ def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tenso
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg, accelerator, token_bytes: torch.Tensor) -> dict:
-    """Validation loss (nats/token) and bits per byte (special tokens excluded), over all processes."""
+    """Validation loss (nats/token) and bits per byte (special tokens excluded), over all processes.
+
+    Every process runs the same number of forward passes (DDP and sharded models need it): accelerate pads the
+    last batches with repeated blocks and `gather_for_metrics` drops them again.
+    """
     model.eval()
     loader = prepare_data_loader(
         DataLoader(dataset.with_format("torch"), batch_size=cfg.per_device_batch_size),
@@ -150,27 +160,24 @@ def evaluate(model, dataset, cfg, accelerator, token_bytes: torch.Tensor) -> dic
         num_processes=accelerator.num_processes,
         process_index=accelerator.process_index,
         put_on_device=True,
-        even_batches=False,
     )
-    nats = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, bytes
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, bytes
     tb = token_bytes.to(accelerator.device)
-    budget = cfg.eval_max_tokens // accelerator.num_processes
     seen = 0
     for batch in loader:
         x = batch["input_ids"]
         with accelerator.autocast():
             logits = model(input_ids=x).logits
         targets = x[:, 1:]
-        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none")
-        nbytes = tb[targets.flatten().clamp(max=tb.numel() - 1)]
-        counted = nbytes > 0
-        nats += torch.stack([(loss.double() * counted).sum(), counted.sum().double(), nbytes.sum()])
-        seen += x.numel()
-        if seen >= budget:
+        loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none").double()
+        nbytes = tb[targets.clamp(max=tb.numel() - 1)]
+        per_block = torch.stack([(loss * (nbytes > 0)).sum(1), (nbytes > 0).sum(1).double(), nbytes.sum(1)], dim=1)
+        totals += accelerator.gather_for_metrics(per_block).sum(0)
+        seen += x.numel() * accelerator.num_processes
+        if seen >= cfg.eval_max_tokens:
             break
-    nats = accelerator.reduce(nats, reduction="sum")
     model.train()
-    loss_sum, tokens, nbytes = nats.tolist()
+    loss_sum, tokens, nbytes = totals.tolist()
     if tokens == 0:
         return {"val_loss": float("nan"), "val_bpb": float("nan")}
     return {"val_loss": loss_sum / tokens, "val_bpb": loss_sum / (math.log(2) * nbytes)}

@@ -16,15 +16,33 @@ import torch
 from accelerate import PartialState
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
 def use_cpu() -> bool:
-    """CPU when asked (ACCELERATE_USE_CPU) or when several processes were launched and there is no CUDA device."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+    """CPU when asked (ACCELERATE_USE_CPU) or when several processes were launched and there is no CUDA device.
+
+    Never under DeepSpeed: accelerate only builds the DeepSpeed engine when `cpu` is False; without CUDA,
+    DeepSpeed's own CPU accelerator then runs it over the gloo group that `process_group_kwargs` forces.
+    """
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        return False
+    if _flag("ACCELERATE_USE_CPU"):
         return True
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
+def process_group_kwargs() -> dict:
+    """gloo for several processes without CUDA (DeepSpeed on CPU dies on a batch-size assertion otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return {"backend": "gloo"}
+    return {}
+
+
 def process_state() -> PartialState:
-    return PartialState(cpu=use_cpu())
+    """The process group, set up once; `Accelerator()` later joins the same one."""
+    return PartialState(cpu=use_cpu(), **process_group_kwargs())
 
 
 def main_process_only(fn: Callable) -> Callable:

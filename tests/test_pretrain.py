@@ -1,0 +1,160 @@
+"""Pretraining: presets, loss falls and the export loads, kill + resume gives the same curve, two processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, assert_ok, assert_one_line_error, recipe, run
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from posttrain.modeling import flops_per_token, init_model, param_counts, preset
+
+TINY = ["--depth", "2", "--seq_len", "64", "--global_batch_tokens", "2048", "--per_device_batch_size", "8",
+        "--log_every", "1", "--eval_every", "8", "--save_every", "4"]  # fmt: skip
+
+
+def _fresh_run(tiny_run: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in ("world", "tokenizer"):
+        shutil.copytree(tiny_run / part, dest / part)
+    return dest
+
+
+def _curve(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(x) for x in (run_dir / "checkpoints" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows]
+
+
+def test_preset_counts_match_the_real_model():
+    cfg = preset(4, 2158, 256)
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.vocab_size) == (256, 4, 704, 2176)
+    model = init_model(cfg, seed=0)
+    assert param_counts(cfg)["total"] == sum(p.numel() for p in model.parameters())
+    n = param_counts(cfg)["non_embedding"]
+    assert flops_per_token(cfg, 256) == 6 * n + 12 * 4 * 256 * 256
+    big = preset(20, 32768, 2048)
+    assert (big.hidden_size, big.num_attention_heads, big.head_dim) == (1280, 10, 128)
+    assert torch.equal(init_model(cfg, 1).lm_head.weight, init_model(cfg, 1).lm_head.weight)
+
+
+def test_loss_falls_and_export_loads(tiny_run, tmp_path):
+    run_dir = _fresh_run(tiny_run, tmp_path / "run")
+    proc = recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *TINY,
+                  "--max_steps", "24", "--learning_rate", "0.01")  # fmt: skip
+    assert_ok(proc)
+    curve = [c for c in _curve(run_dir) if c[1] is not None]
+    assert curve[-1][1] < 0.7 * curve[0][1], curve
+    out = run_dir / "pretrain"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "llama" and (out / "model.safetensors").is_file()
+    assert tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+    ids = model.generate(**tok(tok.bos_token + "Ada", return_tensors="pt", add_special_tokens=False), max_new_tokens=5)
+    assert ids.shape[1] > 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_loss"] < 6 and 0 < metrics["val_bpb"] < 3 and 0 < metrics["mfu"] < 1.5
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["data_mix"]["hash"] and lineage["parents"]["world"]["hash"]
+    assert (run_dir / "plots" / "pretrain_loss.png").is_file() and "## pretrain" in (run_dir / "report.md").read_text()
+
+
+def test_sigkill_and_resume_gives_the_same_curve(tiny_run, tmp_path):
+    args = ["--config", "recipes/world/pretrain.yaml", *TINY, "--max_steps", "24", "--save_every", "2"]
+    ref = _fresh_run(tiny_run, tmp_path / "ref")
+    assert_ok(recipe("pretrain", *args, "--run_dir", str(ref)))
+
+    killed = _fresh_run(tiny_run, tmp_path / "killed")
+    cmd = [sys.executable, str(REPO / "recipes" / "pretrain.py"), *args, "--run_dir", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "pretrain" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.is_file() and latest.read_text().strip() >= "step_000006"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    name = latest.read_text().strip()
+    assert (killed / "checkpoints" / "pretrain" / name / "trainer_state.json").is_file(), "latest is complete"
+    assert not (killed / "pretrain").exists(), "killed before the export"
+
+    resumed = recipe("pretrain", *args, "--run_dir", str(killed), "--resume_from_checkpoint", "latest")
+    assert_ok(resumed)
+    assert f"resumed from {killed / 'checkpoints' / 'pretrain' / name}" in resumed.stdout + resumed.stderr
+    for (s1, t1, v1), (s2, t2, v2) in zip(_curve(ref), _curve(killed), strict=True):
+        assert s1 == s2
+        for a, b in ((t1, t2), (v1, v2)):
+            assert (a is None and b is None) or abs(a - b) <= 1e-5 * abs(a), (s1, a, b)
+    kept = sorted(p.name for p in (killed / "checkpoints" / "pretrain").glob("step_*"))
+    assert len(kept) == 2, kept
+
+
+def test_two_processes_train_in_sync_like_one(tiny_run, tmp_path):
+    one = _fresh_run(tiny_run, tmp_path / "one")
+    two = _fresh_run(tiny_run, tmp_path / "two")
+    args = ["recipes/pretrain.py", "--config", "recipes/world/pretrain.yaml", *TINY, "--max_steps", "8"]
+    assert_ok(run([sys.executable, *args, "--run_dir", str(one)]))
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    proc = run(
+        [accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", *args, "--run_dir", str(two)]
+    )
+    assert_ok(proc)
+    assert "2 process(es)" in proc.stdout
+    metrics = json.loads((two / "pretrain" / "metrics.json").read_text())
+    assert metrics["replicas_in_sync"] is True and metrics["processes"] == 2
+    AutoModelForCausalLM.from_pretrained(two / "pretrain")
+    # The same 32 blocks per step, split 2 × 8 × accumulation 2 instead of 1 × 8 × 4: the same curve.
+    for (_, a, _), (_, b, _) in zip(_curve(one), _curve(two), strict=True):
+        assert (a is None and b is None) or abs(a - b) <= 1e-4 * abs(a)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_accelerate_configs_parse(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1 and cfg.distributed_type
+
+
+def test_slurm_example_is_valid_bash():
+    assert_ok(run(["bash", "-n", str(REPO / "accelerate_configs" / "slurm_multi_node.sh")]))
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--tokenizer_dir", "/nonexistent/tok"], ["/nonexistent/tok", "no tokenizer"]),
+        (["--global_batch_tokens", "1000"], ["global_batch_tokens 1000 is not a multiple"]),
+        (["--resume_from_checkpoint", "/nonexistent/ckpt"], ["/nonexistent/ckpt", "not a complete checkpoint"]),
+        (["--lr_scheduler", "linear"], ["lr_scheduler must be cosine, wsd or constant"]),
+        (["--data_mix", "data_mixes/world_sft.yaml"], ["'text' mix, not 'conversations'"]),
+    ],
+)
+def test_bad_pretrain_input_is_one_line(tiny_run, tmp_path, args, needles):
+    run_dir = _fresh_run(tiny_run, tmp_path / "run")
+    proc = recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *TINY,
+                  "--max_steps", "2", *args)  # fmt: skip
+    assert proc.returncode == 2
+    assert_one_line_error(proc, *needles)
+    assert not (run_dir / "pretrain").exists()
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_zero_runs_on_cpu(tiny_run, tmp_path, zero):
+    import deepspeed  # noqa: F401  (the deepspeed extra: make test installs it)
+    run_dir = _fresh_run(tiny_run, tmp_path / zero)
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    proc = run([accelerate, "launch", "--config_file", f"accelerate_configs/{zero}.yaml", "--num_processes", "2",
+                "--mixed_precision", "no", "recipes/pretrain.py", "--config", "recipes/world/pretrain.yaml",
+                "--run_dir", str(run_dir), *TINY, "--max_steps", "4", "--save_every", "2"])  # fmt: skip
+    assert_ok(proc)
+    assert "2 process(es) (DEEPSPEED)" in proc.stdout
+    assert (run_dir / "checkpoints" / "pretrain" / "step_000002" / "trainer_state.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "pretrain")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
