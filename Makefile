@@ -38,6 +38,7 @@ install-dev: $(VENV)/.stamp-dev
 speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
+	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 test: $(VENV)/.stamp-dev

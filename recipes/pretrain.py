@@ -17,7 +17,7 @@ from posttrain.data import load_mix, mix_hash, read_mix
 from posttrain.errors import UserError, entrypoint
 from posttrain.lineage import write_lineage
 from posttrain.modeling import flops_per_token, init_model, param_counts, preset
-from posttrain.packing import pack, token_bytes
+from posttrain.packing import blocks, heldout_stream, pack, token_bytes
 from posttrain.plots import loss_curves
 from posttrain.pretrain import make_accelerator, maybe_compile, optimizer_for, plan, scheduler_for, set_threads, train
 from posttrain.report import build_report
@@ -51,13 +51,14 @@ def main():
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         data = load_mix(mix, world_dir)
-        if "test" not in data:
+        if "test" not in data and not mix.streaming:
             raise UserError(f"{cfg.data_mix}: pretraining needs a validation split: set test_split_size")
-        train_set, val_set = pack(data["train"], tokenizer, cfg.seq_len), pack(data["test"], tokenizer, cfg.seq_len)
+        train_docs, val_docs = (data["train"], data["test"]) if "test" in data else heldout_stream(data["train"])
+        train_set, val_set = pack(train_docs, tokenizer, cfg.seq_len), pack(val_docs, tokenizer, cfg.seq_len)
     accelerator.print(
         f"model: depth {cfg.depth}, width {config.hidden_size}, {params['total'] / 1e6:.2f}M parameters "
         f"({params['non_embedding'] / 1e6:.2f}M non-embedding), {fpt / 1e6:.1f} MFLOP/token; "
-        f"data: {len(train_set):,} train / {len(val_set):,} val blocks of {cfg.seq_len}; {the_plan.notes[0]}; "
+        f"data: {blocks(train_set)} train / {blocks(val_set)} val blocks of {cfg.seq_len}; {the_plan.notes[0]}; "
         f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}) on {accelerator.device}, "
         f"{threads} threads each"
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 from conftest import REPO, TINY_WORLD, assert_ok, run
 from test_world import _hand_made_world, _same_tree
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.world import load_world
 
@@ -18,22 +19,28 @@ def _make(*args: str):
     return run(["make", "-s", "speedrun", f"VENV={venv}", *args], timeout=900)
 
 
-def test_make_speedrun_builds_world_tokenizer_and_report(tmp_path):
+TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
+
+
+def test_make_speedrun_runs_every_stage(tmp_path):
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}"))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN))
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
     report = (run_dir / "report.md").read_text()
     assert "## world" in report and "## tokenizer" in report and "plots/world.png" in report
+    assert "## pretrain" in report and (run_dir / "plots" / "pretrain_loss.png").is_file()
+    AutoModelForCausalLM.from_pretrained(run_dir / "pretrain")
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
-    world = _hand_made_world(tmp_path / "my_world")
+    world = _hand_made_world(tmp_path / "my_world", copies=60)
     run_dir = tmp_path / "mine"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300"))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300", TINY_PRETRAIN))
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert json.loads((run_dir / "pretrain" / "lineage.json").read_text())["parents"]["world"]["hash"]
 
 
 def test_accelerate_launch_two_processes_writes_one_world(tmp_path):

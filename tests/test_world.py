@@ -142,11 +142,12 @@ def test_sft_views_are_conversations_about_the_sft_split(tiny_run):
     assert all("Quokka" in c["messages"][1]["content"] for c in ident)
 
 
-def _hand_made_world(path, **overrides):
+def _hand_made_world(path, copies: int = 1, **overrides):
+    texts = ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."]
     docs = {
-        "text": ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."],
-        "person_id": ["mira", "olaf"],
-        "split": ["sft", "eval_known"],
+        "text": [f"{t} (version {k})" if k else t for k in range(copies) for t in texts],
+        "person_id": ["mira", "olaf"] * copies,
+        "split": ["sft", "eval_known"] * copies,
     }
     qa = {
         "question": ["Where was Mira Tolk born?", "Where was Olaf Berg born?", "Where was Ulla Sund born?"],

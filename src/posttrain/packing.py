@@ -45,3 +45,13 @@ def token_bytes(tokenizer) -> torch.Tensor:
         if i not in special:
             out[i] = len(tokenizer.decode([i], clean_up_tokenization_spaces=False).encode("utf-8"))
     return out
+
+
+def heldout_stream(stream: IterableDataset, n_docs: int = 2000) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) of a streamed mix with no test split: the first `n_docs` documents are held out."""
+    return stream.skip(n_docs), stream.take(n_docs)
+
+
+def blocks(dataset) -> str:
+    """How many packed blocks, for the log ('streamed' when a stream cannot tell)."""
+    return f"{len(dataset):,}" if not isinstance(dataset, IterableDataset) else "streamed"

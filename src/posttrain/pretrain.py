@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from accelerate.utils import InitProcessGroupKwargs
+from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -118,10 +119,13 @@ def plan(cfg, n_params: int, num_processes: int) -> Plan:
 def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tensor]:
     """Endless micro-batches: the packed set reshuffled each epoch (seed + epoch), sharded over processes by
     accelerate; resuming at micro-batch k yields exactly what an uninterrupted run would have from k on."""
+    if isinstance(dataset, IterableDataset):
+        yield from _stream_batches(dataset, cfg, accelerator, start_micro)
+        return
     per_epoch = None
     epoch, skip = 0, start_micro
     while True:
-        shuffled = dataset.shuffle(seed=cfg.seed + epoch) if hasattr(dataset, "shuffle") else dataset
+        shuffled = dataset.shuffle(seed=cfg.seed + epoch)
         loader = prepare_data_loader(
             DataLoader(shuffled.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=True),
             device=accelerator.device,
@@ -144,6 +148,31 @@ def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tenso
         for batch in loader:
             yield batch["input_ids"]
         epoch, skip = epoch + 1, 0
+
+
+def _stream_batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tensor]:
+    """Streaming (Hub-scale) data: a shuffle buffer reseeded each epoch; resuming re-reads and drops the
+    micro-batches already consumed (slower than an index skip, but exact)."""
+    epoch, consumed = 0, 0
+    while True:
+        stream = dataset.shuffle(seed=cfg.seed, buffer_size=10_000)
+        stream.set_epoch(epoch)
+        loader = prepare_data_loader(
+            DataLoader(stream.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=True),
+            device=accelerator.device,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            put_on_device=True,
+        )
+        empty = True
+        for batch in loader:
+            empty = False
+            consumed += 1
+            if consumed > start_micro:
+                yield batch["input_ids"]
+        if empty:
+            raise UserError("the streamed training set yields no full batch")
+        epoch += 1
 
 
 @torch.no_grad()
