@@ -58,7 +58,7 @@ def main():
     accelerator.print(
         f"model: depth {cfg.depth}, width {config.hidden_size}, {params['total'] / 1e6:.2f}M parameters "
         f"({params['non_embedding'] / 1e6:.2f}M non-embedding), {fpt / 1e6:.1f} MFLOP/token; "
-        f"data: {blocks(train_set)} train / {blocks(val_set)} val blocks of {cfg.seq_len}; {the_plan.notes[0]}; "
+        f"data: {blocks(train_set)} train / {blocks(val_set)} val blocks of {cfg.seq_len}; {the_plan.note}; "
         f"{accelerator.num_processes} process(es) ({accelerator.distributed_type.value}) on {accelerator.device}, "
         f"{threads} threads each"
     )

@@ -45,6 +45,28 @@ def test_preset_counts_match_the_real_model():
     assert torch.equal(init_model(cfg, 1).lm_head.weight, init_model(cfg, 1).lm_head.weight)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
+def test_lr_schedules(kind):
+    from posttrain.configs import PretrainConfig
+    from posttrain.pretrain import scheduler_for
+
+    cfg = PretrainConfig(max_steps=100, lr_scheduler=kind, learning_rate=1.0, warmup_ratio=0.1, decay_ratio=0.2)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+    sched = scheduler_for(opt, cfg, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] <= 0.1 and abs(lrs[10] - 1.0) < 1e-6, "linear warmup over 10 steps (WSD starts at min_lr)"
+    if kind == "cosine":
+        assert lrs[55] < 0.7 and abs(lrs[-1] - 0.1) < 0.01
+    elif kind == "wsd":
+        assert all(abs(x - 1.0) < 1e-6 for x in lrs[10:80]) and lrs[-1] < 0.15
+    else:
+        assert all(abs(x - 1.0) < 1e-6 for x in lrs[10:])
+
+
 def test_loss_falls_and_export_loads(tiny_run, tmp_path):
     run_dir = _fresh_run(tiny_run, tmp_path / "run")
     proc = recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *TINY,

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,23 +70,6 @@ def set_threads(cfg) -> int:
     return n
 
 
-def lr_lambda_kwargs(cfg, total_steps: int) -> tuple[str, dict]:
-    """transformers scheduler name and kwargs for cosine / wsd / constant, all with linear warmup."""
-    warmup = int(cfg.warmup_ratio * total_steps)
-    if cfg.lr_scheduler == "cosine":
-        return "cosine_with_min_lr", {
-            "num_warmup_steps": warmup,
-            "scheduler_specific_kwargs": {"min_lr_rate": cfg.min_lr_ratio},
-        }
-    if cfg.lr_scheduler == "wsd":
-        decay = int(cfg.decay_ratio * total_steps)
-        return "warmup_stable_decay", {
-            "num_warmup_steps": warmup,
-            "scheduler_specific_kwargs": {"num_decay_steps": decay, "min_lr_ratio": cfg.min_lr_ratio},
-        }
-    return "constant_with_warmup", {"num_warmup_steps": warmup}
-
-
 @dataclass
 class Plan:
     """Steps and batch arithmetic, fixed before training starts."""
@@ -94,7 +77,7 @@ class Plan:
     total_steps: int
     grad_accum: int
     tokens_per_step: int
-    notes: list[str] = field(default_factory=list)
+    note: str
 
 
 def plan(cfg, n_params: int, num_processes: int) -> Plan:
@@ -112,8 +95,8 @@ def plan(cfg, n_params: int, num_processes: int) -> Plan:
     else:
         budget = int(cfg.tokens_per_param * n_params)
         steps, why = max(1, budget // cfg.global_batch_tokens), f"{cfg.tokens_per_param} tokens/param"
-    notes = [f"{steps} steps ({why}) × {cfg.global_batch_tokens:,} tokens, grad accumulation {grad_accum}"]
-    return Plan(steps, grad_accum, cfg.global_batch_tokens, notes)
+    note = f"{steps} steps ({why}) × {cfg.global_batch_tokens:,} tokens, grad accumulation {grad_accum}"
+    return Plan(steps, grad_accum, cfg.global_batch_tokens, note)
 
 
 def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tensor]:
@@ -366,5 +349,14 @@ def optimizer_for(model, cfg, device: torch.device) -> torch.optim.Optimizer:
 
 
 def scheduler_for(optimizer, cfg, total_steps: int):
-    name, kwargs = lr_lambda_kwargs(cfg, total_steps)
-    return get_scheduler(name, optimizer, num_training_steps=total_steps, **kwargs)
+    """transformers' schedulers, all with linear warmup: cosine to min_lr_ratio, WSD (warmup-stable-decay), constant."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    if cfg.lr_scheduler == "cosine":
+        name, extra = "cosine_with_min_lr", {"min_lr_rate": cfg.min_lr_ratio}
+    elif cfg.lr_scheduler == "wsd":
+        name = "warmup_stable_decay"
+        extra = {"num_decay_steps": int(cfg.decay_ratio * total_steps), "min_lr_ratio": cfg.min_lr_ratio}
+    else:
+        name, extra = "constant_with_warmup", None
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=extra)  # fmt: skip
