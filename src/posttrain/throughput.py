@@ -33,8 +33,9 @@ GPU_PEAK_BF16 = {
 
 
 @functools.cache
-def measured_cpu_peak(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of an n×n matmul on this CPU with the current torch thread count."""
+def measured_cpu_peak(n: int = 1024, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of an n×n matmul on this CPU with the current torch thread count (best of `repeats`: a busy
+    neighbour process makes single timings slow, never fast). Measured once per process."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm up
