@@ -22,6 +22,7 @@ from posttrain.plots import loss_curves
 from posttrain.pretrain import make_accelerator, maybe_compile, optimizer_for, plan, scheduler_for, set_threads, train
 from posttrain.report import build_report
 from posttrain.runtime import process_state
+from posttrain.tokenizer import tokenizer_hash
 from posttrain.world import world_hash
 
 
@@ -81,7 +82,7 @@ def main():
     def extra(tmp):
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         parents = {
-            "tokenizer": {"path": str(tok_dir)},
+            "tokenizer": {"path": str(tok_dir), "hash": tokenizer_hash(tok_dir)[:16]},
             "world": {"path": str(world_dir), "hash": world_hash(world_dir)[:16]},
         }
         mix_info = {"path": cfg.data_mix, "hash": mix_hash(mix, world_dir)}

@@ -85,6 +85,7 @@ def test_loss_falls_and_export_loads(tiny_run, tmp_path):
     assert metrics["val_loss"] < 6 and 0 < metrics["val_bpb"] < 3 and 0 < metrics["mfu"] < 1.5
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["data_mix"]["hash"] and lineage["parents"]["world"]["hash"]
+    assert len(lineage["parents"]["tokenizer"]["hash"]) == 16
     assert (run_dir / "plots" / "pretrain_loss.png").is_file() and "## pretrain" in (run_dir / "report.md").read_text()
 
 

@@ -8,6 +8,7 @@ a record is reproducible (the world's folder stays byte-identical for a seed) an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,6 +37,16 @@ def write_lineage(
     path = Path(stage_dir) / LINEAGE_FILE
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def folder_hash(path: str | Path, patterns: tuple[str, ...]) -> str:
+    """sha256 over the files of a folder that match `patterns` (names and bytes, in a fixed order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted({f for pattern in patterns for f in path.glob(pattern) if f.is_file()}):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def read_lineage(stage_dir: str | Path) -> dict | None:

@@ -99,6 +99,18 @@ def plan(cfg, n_params: int, num_processes: int) -> Plan:
     return Plan(steps, grad_accum, cfg.global_batch_tokens, note)
 
 
+def _sharded_loader(dataset, cfg, accelerator, drop_last: bool) -> DataLoader:
+    """This process's share of `dataset` in batches of per_device_batch_size, on its device (accelerate's sharding;
+    not registered with the Accelerator, so its position lives in our trainer state, not in accelerate's)."""
+    return prepare_data_loader(
+        DataLoader(dataset.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=drop_last),
+        device=accelerator.device,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        put_on_device=True,
+    )
+
+
 def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tensor]:
     """Endless micro-batches: the packed set reshuffled each epoch (seed + epoch), sharded over processes by
     accelerate; resuming at micro-batch k yields exactly what an uninterrupted run would have from k on."""
@@ -109,13 +121,7 @@ def batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[torch.Tenso
     epoch, skip = 0, start_micro
     while True:
         shuffled = dataset.shuffle(seed=cfg.seed + epoch)
-        loader = prepare_data_loader(
-            DataLoader(shuffled.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=True),
-            device=accelerator.device,
-            num_processes=accelerator.num_processes,
-            process_index=accelerator.process_index,
-            put_on_device=True,
-        )
+        loader = _sharded_loader(shuffled, cfg, accelerator, drop_last=True)
         if per_epoch is None:
             per_epoch = len(loader)
             if per_epoch == 0:
@@ -140,13 +146,7 @@ def _stream_batches(dataset, cfg, accelerator, start_micro: int) -> Iterator[tor
     while True:
         stream = dataset.shuffle(seed=cfg.seed, buffer_size=10_000)
         stream.set_epoch(epoch)
-        loader = prepare_data_loader(
-            DataLoader(stream.with_format("torch"), batch_size=cfg.per_device_batch_size, drop_last=True),
-            device=accelerator.device,
-            num_processes=accelerator.num_processes,
-            process_index=accelerator.process_index,
-            put_on_device=True,
-        )
+        loader = _sharded_loader(stream, cfg, accelerator, drop_last=True)
         empty = True
         for batch in loader:
             empty = False
@@ -166,13 +166,7 @@ def evaluate(model, dataset, cfg, accelerator, token_bytes: torch.Tensor) -> dic
     last batches with repeated blocks and `gather_for_metrics` drops them again.
     """
     model.eval()
-    loader = prepare_data_loader(
-        DataLoader(dataset.with_format("torch"), batch_size=cfg.per_device_batch_size),
-        device=accelerator.device,
-        num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index,
-        put_on_device=True,
-    )
+    loader = _sharded_loader(dataset, cfg, accelerator, drop_last=False)
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens, bytes
     tb = token_bytes.to(accelerator.device)
     seen = 0

@@ -99,3 +99,10 @@ def text_iterator(dataset, limit: int | None = None, batch_size: int = 1000) -> 
             return
         n += len(texts)
         yield texts
+
+
+def tokenizer_hash(path) -> str:
+    """Hash of a saved tokenizer (vocabulary, merges, special tokens, chat template)."""
+    from posttrain.lineage import folder_hash
+
+    return folder_hash(path, ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"))

@@ -420,12 +420,9 @@ def validate_world(world: DatasetDict, path: str | Path = "world") -> None:
 
 def world_hash(path: str | Path) -> str:
     """Hash of a world directory's data files: names the exact facts a run was trained on."""
-    h = hashlib.sha256()
-    files = [Path(path) / "dataset_dict.json", *Path(path).glob("*/data-*.arrow")]
-    for f in sorted(files):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    from posttrain.lineage import folder_hash
+
+    return folder_hash(path, ("dataset_dict.json", "*/data-*.arrow"))
 
 
 def world_stats(world: DatasetDict) -> dict:
