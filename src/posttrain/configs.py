@@ -290,3 +290,27 @@ class PretrainConfig(RunArguments):
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
             raise UserError("set a budget: max_steps, max_tokens or tokens_per_param")
+
+
+@dataclass
+class FactualityConfig:
+    """`evals/factuality.py`: grade a model's answers on factual QA (CONTRACTS §5)."""
+
+    model: str = field(default="", metadata={"help": "A model directory (any HF causal LM)."})
+    eval_set: str = field(default="", metadata={"help": "A run or world directory, a QA file, or a Hub QA dataset."})
+    output: str = field(default="", metadata={"help": "Where to write the JSON, e.g. runs/<run>/eval/sft.json."})
+    prompt: str = field(default="auto", metadata={"help": "auto | chat | fewshot (auto: few-shot for a base model)."})
+    max_per_bucket: int | None = field(default=300, metadata={"help": "Questions per bucket, sampled with the seed."})
+    num_samples: int = field(default=4, metadata={"help": "Sampled answers per question, for confidence."})
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    seed: int = 0
+    split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
+
+    def __post_init__(self):
+        for name in ("model", "eval_set", "output"):
+            if not getattr(self, name):
+                raise UserError(f"--{name} is required")
+        if self.prompt not in ("auto", "chat", "fewshot"):
+            raise UserError(f"prompt must be auto, chat or fewshot, got '{self.prompt}'")

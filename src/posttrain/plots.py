@@ -56,3 +56,25 @@ def loss_curves(records: list[dict], path: str | Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def reliability_diagram(bins: list[dict], path: str | Path, title: str) -> Path:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    used = [b for b in bins if b["n"]]
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in used], [b["acc"] for b in used], width=0.09, alpha=0.7, label="accuracy")
+    for b in used:
+        ax.annotate(str(b["n"]), ((b["lo"] + b["hi"]) / 2, b["acc"]), ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence (agreement of sampled answers)")
+    ax.set_ylabel("accuracy of attempted answers")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from posttrain.lineage import atomic_write_text, read_lineage
@@ -33,6 +34,22 @@ def build_report(run_dir: str | Path) -> Path:
             lines.append(f"- parent {parent}: `{info.get('path')}` (hash `{info.get('hash', '-')}`)")
         for key, value in record.get("summary", {}).items():
             lines.append(f"- {key}: {_fmt(value)}")
+        lines.append("")
+    evals = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
+    if evals:
+        lines += [
+            "## Factuality",
+            "",
+            "| stage | bucket | n | correct | incorrect | not attempted | F |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for path in evals:
+            result = json.loads(path.read_text())
+            for bucket, m in result.get("buckets", {}).items():
+                lines.append(
+                    f"| {path.stem} | {bucket} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | "
+                    f"{m['not_attempted']:.3f} | {m['f_score']:.3f} |"
+                )
         lines.append("")
     plots = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     if plots:

@@ -1,0 +1,1 @@
+"""Factuality evaluation: grading (SimpleQA-style), metrics and calibration, the evaluation run itself."""

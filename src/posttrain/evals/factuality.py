@@ -1,0 +1,194 @@
+"""The factuality evaluation: questions → greedy + sampled answers → grades → metrics per bucket + calibration.
+
+Eval sets: a run or world directory (the world's eval buckets: known, rare, never_seen), a local QA file or a Hub
+QA dataset (columns `question` or SimpleQA's `problem`, `answer`, optional `aliases` and `bucket`). A base model
+(a `pretrain` stage) is asked with a few-shot QA prompt, any other model through its chat template.
+Questions are split over processes under `accelerate launch` and gathered on the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from posttrain import world as world_lib
+from posttrain.errors import UserError
+from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
+from posttrain.evals.metrics import auroc, bucket_metrics, clean, ece, reliability_bins
+
+GENERIC_SHOTS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Who wrote the novel Moby-Dick?", "Moby-Dick was written by Herman Melville."),
+    ("In what year did the Apollo 11 mission land on the Moon?", "Apollo 11 landed on the Moon in 1969."),
+]
+
+
+def _world_dir(path: Path) -> Path | None:
+    for cand in (path, path / "world"):
+        if (cand / "dataset_dict.json").is_file():
+            return cand
+    return None
+
+
+def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = None, split: str = "test"):
+    """(rows, few-shot examples). Each row: question, answers (accepted strings), bucket, candidates."""
+    world_dir = _world_dir(Path(eval_set))
+    if world_dir is not None:
+        world = world_lib.load_world(world_dir)
+        qa = world["qa"]
+        by_attr = defaultdict(set)
+        for ans, attr in zip(qa["answer"], qa["attribute"]):
+            by_attr[attr].add(ans)
+        rows = [
+            {
+                "question": r["question"],
+                "answers": list(dict.fromkeys([r["answer"], *r["aliases"]])),
+                "bucket": world_lib.EVAL_BUCKETS[r["split"]],
+                "candidates": sorted(by_attr[r["attribute"]]),
+            }
+            for r in qa
+            if r["split"] in world_lib.EVAL_BUCKETS
+        ]
+        shots_rng = random.Random(seed)
+        train = [r for r in qa if r["split"] in world_lib.TRAIN_SPLITS]
+        picked, seen_attrs = [], set()
+        for r in shots_rng.sample(train, min(len(train), 200)):
+            if r["attribute"] not in seen_attrs:
+                seen_attrs.add(r["attribute"])
+                picked.append((r["question"], world_lib.answer_sentence(r)))
+            if len(picked) == 3:
+                break
+        shots = picked or GENERIC_SHOTS
+    else:
+        rows, shots = _load_qa_dataset(eval_set, split), GENERIC_SHOTS
+    if not rows:
+        raise UserError(f"{eval_set}: no evaluation questions")
+    return _subsample(rows, seed, max_per_bucket), shots
+
+
+def _load_qa_dataset(eval_set: str, split: str) -> list[dict]:
+    from posttrain.data import DataMix, MixSource, load_mix
+
+    path = Path(eval_set)
+    if path.is_file():
+        fmt = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+        if fmt is None:
+            raise UserError(f"{eval_set}: unknown QA file type (use .jsonl, .json, .parquet or .csv)")
+        source = MixSource(path=fmt, data_files=str(path))
+    elif path.exists() or eval_set.startswith((".", "/")):
+        raise UserError(f"{eval_set}: not a run/world directory or a QA file")
+    else:
+        source = MixSource(path=eval_set, split=split)
+    mix = DataMix(datasets=[source], kind="qa", shuffle=False, source_file=eval_set)
+    data = load_mix(mix)["train"]
+    rows = []
+    for r in data:
+        aliases = r.get("aliases") or []
+        rows.append(
+            {
+                "question": r["question"],
+                "answers": list(dict.fromkeys([str(r["answer"]), *map(str, aliases)])),
+                "bucket": r.get("bucket") or "all",
+                "candidates": [],
+            }
+        )
+    return rows
+
+
+def _subsample(rows: list[dict], seed: int, max_per_bucket: int | None) -> list[dict]:
+    if max_per_bucket is None:
+        return rows
+    rng = random.Random(seed)
+    by_bucket = defaultdict(list)
+    for r in rows:
+        by_bucket[r["bucket"]].append(r)
+    out = []
+    for bucket in sorted(by_bucket):
+        items = by_bucket[bucket]
+        out += items if len(items) <= max_per_bucket else rng.sample(items, max_per_bucket)
+    return out
+
+
+def prompt_style(model_dir: str | Path, tokenizer, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    lineage = Path(model_dir) / "lineage.json"
+    if lineage.is_file() and json.loads(lineage.read_text()).get("stage") == "pretrain":
+        return "fewshot"
+    return "chat" if tokenizer.chat_template else "fewshot"
+
+
+def build_prompts(rows: list[dict], shots: list[tuple[str, str]], style: str, tokenizer) -> list:
+    if style == "chat":
+        return [[{"role": "user", "content": r["question"]}] for r in rows]
+    head = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots)
+    bos = tokenizer.bos_token or ""
+    return [f"{bos}{head}Question: {r['question']}\nAnswer:" for r in rows]
+
+
+def score(rows: list[dict], greedy, samples) -> list[dict]:
+    """Grade each greedy answer; confidence = share of sampled answers that agree with it."""
+    records = []
+    for r, g, s in zip(rows, greedy, samples):
+        answer = extract_answer(g.text)
+        key = normalize(answer)
+        agree = sum(normalize(extract_answer(x)) == key for x in s) / len(s) if s else None
+        records.append(
+            {
+                "question": r["question"],
+                "bucket": r["bucket"],
+                "answers": r["answers"],
+                "response": answer,
+                "grade": grade(g.text, r["answers"], r["candidates"]),
+                "confidence": agree,
+                "token_prob": g.mean_token_prob,
+                "samples": [extract_answer(x) for x in s],
+            }
+        )
+    return records
+
+
+def summarize(records: list[dict], model: str, eval_set: str, extra: dict | None = None) -> tuple[dict, list[dict]]:
+    """The CONTRACTS §5 JSON (plus extra keys) and the reliability bins."""
+    buckets = defaultdict(list)
+    for rec in records:
+        buckets[rec["bucket"]].append(rec["grade"])
+    order = [b for b in ("known", "rare", "never_seen") if b in buckets] + sorted(
+        b for b in buckets if b not in ("known", "rare", "never_seen")
+    )
+    result = {"model": model, "eval_set": eval_set, "buckets": {b: bucket_metrics(buckets[b]) for b in order}}
+    result["buckets"]["overall"] = bucket_metrics([rec["grade"] for rec in records])
+    attempted = [rec for rec in records if rec["grade"] != NOT_ATTEMPTED]
+    ok = [rec["grade"] == CORRECT for rec in attempted]
+    conf = [rec["confidence"] for rec in attempted if rec["confidence"] is not None]
+    ok_conf = [y for rec, y in zip(attempted, ok) if rec["confidence"] is not None]
+    tprob = [rec["token_prob"] for rec in attempted if rec["token_prob"] is not None]
+    ok_tprob = [y for rec, y in zip(attempted, ok) if rec["token_prob"] is not None]
+    result["calibration"] = {
+        "auroc": auroc(conf, ok_conf),
+        "ece": ece(conf, ok_conf),
+        "auroc_token_prob": auroc(tprob, ok_tprob),
+        "ece_token_prob": ece(tprob, ok_tprob),
+        "n_attempted": len(attempted),
+        "confidence": "agreement of sampled answers with the greedy answer",
+    }
+    result.update(extra or {})
+    return clean(result), reliability_bins(conf, ok_conf)
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        "| bucket | n | correct | incorrect | not attempted | correct given attempted | F | penalty t=0.75 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result["buckets"].items():
+        lines.append(
+            f"| {name} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | {m['not_attempted']:.3f} | "
+            f"{m['correct_given_attempted']:.3f} | {m['f_score']:.3f} | {m['penalty_t0.75']:.3f} |"
+        )
+    cal = result["calibration"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lines.append(f"\nCalibration (attempted answers): AUROC {fmt(cal['auroc'])}, ECE {fmt(cal['ece'])}")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""One way to generate: batched, left-padded, KV-cached, stopping at end-of-turn (or a stop string).
+
+Evaluation, probe sampling and RL rollouts all call `generate`, so a speed-up or a fix lands everywhere at once.
+Prompts are either chat conversations (rendered with the tokenizer's chat template) or plain strings (few-shot
+prompts for base models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Generation:
+    text: str
+    mean_token_prob: float | None = None  # greedy only: mean probability of the generated tokens
+
+
+def render(tokenizer, prompt) -> str:
+    """A chat conversation (list of messages) through the chat template; a string as it is."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    for tok in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        if isinstance(tok, int) and tok >= 0 and tok != tokenizer.unk_token_id and tok not in ids:
+            ids.append(tok)
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list,
+    *,
+    max_new_tokens: int = 32,
+    num_samples: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 64,
+    stop_strings: list[str] | None = None,
+    desc: str = "generating",
+) -> tuple[list[Generation], list[list[str]]]:
+    """Greedy answer (with its mean token probability) and `num_samples` sampled answers for every prompt.
+
+    Prompts are sorted by length so batches carry little padding; results come back in the input order.
+    """
+    texts = [render(tokenizer, p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    greedy: list[Generation | None] = [None] * len(texts)
+    samples: list[list[str]] = [[] for _ in texts]
+    stops = eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    tokenizer.padding_side = "left"
+    common = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad}
+    if stop_strings:
+        common.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    model.eval()
+    bar = tqdm(total=len(texts), desc=desc, unit="q")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model.device)
+        width = enc["input_ids"].shape[1]
+        out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True, **common)
+        probs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).exp()
+        new = out.sequences[:, width:]
+        for row, i in enumerate(idx):
+            live = ~torch.isin(new[row], torch.tensor(stops + [pad], device=new.device))
+            p = probs[row][live[: probs.shape[1]]]
+            greedy[i] = Generation(
+                tokenizer.decode(new[row], skip_special_tokens=True), p.mean().item() if p.numel() else None
+            )
+        if num_samples:
+            out = model.generate(
+                **enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=num_samples, **common
+            )
+            dec = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for row, i in enumerate(idx):
+                samples[i] = dec[row * num_samples : (row + 1) * num_samples]
+        bar.update(len(idx))
+    bar.close()
+    return greedy, samples
