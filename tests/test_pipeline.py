@@ -20,11 +20,12 @@ def _make(*args: str):
 
 
 TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
+TINY_EVAL = "EVAL_ARGS=--max_per_bucket 4 --num_samples 1 --max_new_tokens 4"
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN, TINY_EVAL))
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -32,12 +33,20 @@ def test_make_speedrun_runs_every_stage(tmp_path):
     assert "## world" in report and "## tokenizer" in report and "plots/world.png" in report
     assert "## pretrain" in report and (run_dir / "plots" / "pretrain_loss.png").is_file()
     AutoModelForCausalLM.from_pretrained(run_dir / "pretrain")
+    result = json.loads((run_dir / "eval" / "pretrain.json").read_text())
+    assert result["prompt"] == "fewshot", "a base model is asked with a few-shot QA prompt"
+    assert (
+        set(result["buckets"]) == {"known", "rare", "never_seen", "overall"}
+        and "## Factuality" in (run_dir / "report.md").read_text()
+    )
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
     world = _hand_made_world(tmp_path / "my_world", copies=60)
     run_dir = tmp_path / "mine"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300", TINY_PRETRAIN))
+    assert_ok(
+        _make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300", TINY_PRETRAIN, TINY_EVAL)
+    )
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((run_dir / "pretrain" / "lineage.json").read_text())["parents"]["world"]["hash"]

@@ -1,0 +1,74 @@
+"""Evaluation generation: batched (left padding, KV cache, one `generate` per batch) against one question at a time.
+
+Same model (a depth-4 world model, random weights so every answer runs to max_new_tokens on both sides), same
+questions through the chat template, greedy; rounds alternate because this machine is noisy; best of each side.
+Last line: one JSON object (CONTRACTS §6).
+
+    python bench/eval_generation.py [--questions 128] [--batch 64] [--max_new_tokens 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from posttrain.generation import generate
+from posttrain.modeling import init_model, preset
+from posttrain.world import load_world
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max_new_tokens", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in ("world", "tokenizer"):
+            subprocess.run([sys.executable, str(REPO / "recipes" / f"{stage}.py"), "--config",
+                            str(REPO / f"recipes/world/{stage}.yaml"), "--run_dir", tmp],
+                           check=True, cwd=REPO, capture_output=True)  # fmt: skip
+        tok = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
+        questions = load_world(Path(tmp) / "world")["qa"]["question"][: args.questions]
+    cfg = preset(4, len(tok), 512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                 pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = init_model(cfg, seed=0).eval()
+    prompts = [[{"role": "user", "content": q}] for q in questions]
+    kw = {"max_new_tokens": args.max_new_tokens, "desc": "bench"}
+    generate(model, tok, prompts[:4], batch_size=4, **kw)  # warm-up
+    batched, single = [], []
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        out_b, _ = generate(model, tok, prompts, batch_size=args.batch, **kw)
+        batched.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out_s, _ = generate(model, tok, prompts, batch_size=1, **kw)
+        single.append(time.perf_counter() - t0)
+        same = sum(a.text == b.text for a, b in zip(out_b, out_s)) / len(prompts)
+        print(f"round {r + 1}: batched {batched[-1]:.2f} s, one at a time {single[-1]:.2f} s, same answers {same:.0%}")
+    n = len(prompts)
+    result = {
+        "batched_q_s": round(n / min(batched), 1),
+        "single_q_s": round(n / min(single), 1),
+        "ratio": round(min(single) / min(batched), 1),
+        "same_answers": round(same, 3),
+        "shape": f"{n} questions, batch {args.batch}, {args.max_new_tokens} new tokens, depth 4, {args.threads} threads",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Export a world's eval questions as JSONL for the lm-evaluation-harness tasks in evals/lm_eval_tasks/world_qa/.
+
+python evals/export_qa.py --world runs/<run>/world [--output_dir evals/lm_eval_tasks/world_qa/data]
+
+Writes known.jsonl, rare.jsonl and never_seen.jsonl (one per eval bucket; rows: question, answer, aliases, bucket)
+and fewshot.jsonl (one training-split question per attribute, for `lm_eval --num_fewshot`: never an eval fact).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.utils.logging import disable_progress_bar
+
+from posttrain import world as world_lib
+from posttrain.errors import UserError, entrypoint
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "lm_eval_tasks" / "world_qa" / "data"
+COLUMNS = ["question", "answer", "aliases", "bucket"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one `error:` line and exit 2, like every recipe
+        raise UserError(message)
+
+
+def export(world_dir: str | Path, output_dir: str | Path = DEFAULT_OUTPUT) -> dict[str, int]:
+    """Write the JSONL files; returns rows per file."""
+    world_dir = Path(world_dir)
+    if not (world_dir / "dataset_dict.json").is_file() and (world_dir / "world" / "dataset_dict.json").is_file():
+        world_dir = world_dir / "world"  # a run directory
+    disable_progress_bar()
+    world = world_lib.load_world(world_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sets = {bucket: world_lib.qa_view(world, [split]) for split, bucket in world_lib.EVAL_BUCKETS.items()}
+    # Few-shot examples come from training people only, one per attribute, so a shot never gives away an eval fact.
+    train = world_lib.qa_view(world, world_lib.TRAIN_SPLITS).shuffle(seed=0)
+    first = {}
+    for i, attribute in enumerate(train["attribute"]):
+        first.setdefault(attribute, i)
+    sets["fewshot"] = train.select(sorted(first.values()))
+    counts = {}
+    for name, ds in sets.items():
+        ds = ds.add_column("bucket", [name] * len(ds))
+        ds.select_columns(COLUMNS).to_json(output_dir / f"{name}.jsonl", lines=True, force_ascii=False)
+        counts[name] = len(ds)
+    return counts
+
+
+def main() -> None:
+    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", required=True, help="a world directory (runs/<run>/world) or a run directory")
+    parser.add_argument("--output_dir", default=str(DEFAULT_OUTPUT), help="where the JSONL files go")
+    args = parser.parse_args()
+    counts = export(args.world, args.output_dir)
+    print(f"world QA -> {args.output_dir}: " + ", ".join(f"{name}.jsonl {n} rows" for name, n in counts.items()))
+
+
+if __name__ == "__main__":
+    entrypoint(main)
