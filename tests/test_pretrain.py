@@ -87,6 +87,13 @@ def test_loss_falls_and_export_loads(tiny_run, tmp_path):
     assert lineage["data_mix"]["hash"] and lineage["parents"]["world"]["hash"]
     assert len(lineage["parents"]["tokenizer"]["hash"]) == 16
     assert (run_dir / "plots" / "pretrain_loss.png").is_file() and "## pretrain" in (run_dir / "report.md").read_text()
+    # evals/perplexity.py on the export reproduces the recipe's own final validation numbers
+    ppl = run([sys.executable, "evals/perplexity.py", "--model", str(out), "--run_dir", str(run_dir), "--seq_len", "64",
+               "--output", str(tmp_path / "ppl.json")])  # fmt: skip
+    assert_ok(ppl)
+    scored = json.loads((tmp_path / "ppl.json").read_text())
+    assert scored["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    assert scored["val_bpb"] == pytest.approx(metrics["val_bpb"], rel=1e-4)
 
 
 def test_sigkill_and_resume_gives_the_same_curve(tiny_run, tmp_path):

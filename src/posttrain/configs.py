@@ -314,3 +314,21 @@ class FactualityConfig:
                 raise UserError(f"--{name} is required")
         if self.prompt not in ("auto", "chat", "fewshot"):
             raise UserError(f"prompt must be auto, chat or fewshot, got '{self.prompt}'")
+
+
+@dataclass
+class PerplexityConfig(RunArguments):
+    """`evals/perplexity.py`: validation loss and bits per byte of a checkpoint on a text mix."""
+
+    model: str = field(default="", metadata={"help": "A model directory (any HF causal LM)."})
+    data_mix: str = field(default="data_mixes/world_pretrain.yaml", metadata={"help": "A 'text' mix."})
+    world_dir: str | None = field(default=None, metadata={"help": "For world sources; defaults to <run_dir>/world."})
+    split: str = field(default="test", metadata={"help": "Mix split to score (train when the mix has no test)."})
+    seq_len: int = 256
+    per_device_batch_size: int = 8
+    eval_max_tokens: int = 131072
+    output: str | None = field(default=None, metadata={"help": "Optional JSON output."})
+
+    def __post_init__(self):
+        if not self.model:
+            raise UserError("--model is required")
