@@ -46,7 +46,9 @@ def main():
     if not state.is_main_process:
         return
 
-    extra = {"prompt": style, "num_samples": cfg.num_samples, "temperature": cfg.temperature}
+    extra = {"prompt": style, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "grader": "exact"}
+    if cfg.judge:
+        extra.update(F.apply_judge(records, cfg.judge, state.device, cfg.batch_size))
     result, bins = F.summarize(records, cfg.model, cfg.eval_set, extra)
     out = Path(cfg.output)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

@@ -128,3 +128,14 @@ def test_factuality_bad_input(tiny_run, tiny_model, tmp_path, args, needles):
     proc = _factuality(*[x for kv in base.items() for x in kv])
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [("A", CORRECT), (" B.", INCORRECT), ("C: NOT_ATTEMPTED", NOT_ATTEMPTED), ("The answer is CORRECT", CORRECT),
+     ("Letter: B", INCORRECT), ("hmm", None), ("", None)],
+)  # fmt: skip
+def test_judge_reply_parsing(reply, expected):
+    from posttrain.evals.judge import parse_letter
+
+    assert parse_letter(reply) == expected

@@ -125,3 +125,21 @@ def test_factuality_eval_of_the_packaged_model(converted, tiny_run, tmp_path):
     never = result["buckets"]["never_seen"]
     assert never["correct"] == 0.0, "nobody can know a never_seen person's facts"
     assert never["incorrect"] + never["not_attempted"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_llm_judge_grades_free_text_qa(converted, tmp_path):
+    """SmolLM2 as the judge on a free-text QA file, answered by SmolLM2 itself."""
+    qa = tmp_path / "qa.jsonl"
+    rows = [{"question": "What is the capital of France?", "answer": "Paris"},
+            {"question": "What is the capital of Japan?", "answer": "Tokyo"}]  # fmt: skip
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "judged.json"
+    proc = run([sys.executable, "evals/factuality.py", "--model", str(converted), "--eval_set", str(qa),
+                "--output", str(out), "--num_samples", "0", "--max_new_tokens", "16", "--judge", str(converted)])  # fmt: skip
+    assert_ok(proc)
+    result = json.loads(out.read_text())
+    assert result["grader"] == f"judge:{converted}" and 0.0 <= result["judge_agreement_with_exact"] <= 1.0
+    records = [json.loads(x) for x in (tmp_path / "judged_samples.jsonl").read_text().splitlines()]
+    assert all(r["grade"] in ("correct", "incorrect", "not_attempted") and "exact_grade" in r for r in records)
+    assert [r["exact_grade"] for r in records] == ["correct", "correct"], "the model knows both capitals"

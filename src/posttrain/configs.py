@@ -307,6 +307,7 @@ class FactualityConfig:
     batch_size: int = 64
     seed: int = 0
     split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
+    judge: str | None = field(default=None, metadata={"help": "A local instruct model that grades (free-text QA)."})
 
     def __post_init__(self):
         for name in ("model", "eval_set", "output"):

@@ -192,3 +192,21 @@ def markdown_table(result: dict) -> str:
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines.append(f"\nCalibration (attempted answers): AUROC {fmt(cal['auroc'])}, ECE {fmt(cal['ece'])}")
     return "\n".join(lines)
+
+
+def apply_judge(records: list[dict], judge_dir: str, device, batch_size: int) -> dict:
+    """Re-grade records with an LLM judge (the exact grade is kept as `exact_grade`); returns JSON extras."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.evals.judge import judge_grades
+
+    if not (Path(judge_dir) / "config.json").is_file():
+        raise UserError(f"{judge_dir}: the judge is not a model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(judge_dir)
+    model = AutoModelForCausalLM.from_pretrained(judge_dir).to(device)
+    rows = [{"question": r["question"], "answers": r["answers"], "candidates": []} for r in records]
+    grades = judge_grades(model, tokenizer, rows, [r["response"] for r in records], batch_size)
+    for rec, g in zip(records, grades):
+        rec["exact_grade"], rec["grade"] = rec["grade"], g
+    agree = sum(r["grade"] == r["exact_grade"] for r in records) / max(1, len(records))
+    return {"grader": f"judge:{judge_dir}", "judge_agreement_with_exact": agree}
