@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from posttrain.configs import FactualityConfig, parse_config
 from posttrain.errors import UserError, entrypoint
 from posttrain.evals import factuality as F
-from posttrain.generation import generate
+from posttrain.generation import auto_batch_size, generate
 from posttrain.lineage import atomic_write_text
 from posttrain.plots import reliability_diagram
 from posttrain.report import build_report
@@ -34,11 +34,12 @@ def main():
     style = F.prompt_style(cfg.model, tokenizer, cfg.prompt)
     prompts = F.build_prompts(rows, shots, style, tokenizer)
     torch.manual_seed(cfg.seed + state.process_index)
+    batch_size = cfg.batch_size or auto_batch_size(model, 512 + cfg.max_new_tokens, cfg.num_samples)
 
     with state.split_between_processes(list(range(len(rows)))) as mine:
         greedy, samples = generate(
             model, tokenizer, [prompts[i] for i in mine], max_new_tokens=cfg.max_new_tokens,
-            num_samples=cfg.num_samples, temperature=cfg.temperature, batch_size=cfg.batch_size,
+            num_samples=cfg.num_samples, temperature=cfg.temperature, batch_size=batch_size,
             stop_strings=["\n"] if style == "fewshot" else None, desc=f"eval ({style})",
         )  # fmt: skip
         records = F.score([rows[i] for i in mine], greedy, samples)
@@ -48,7 +49,7 @@ def main():
 
     extra = {"prompt": style, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "grader": "exact"}
     if cfg.judge:
-        extra.update(F.apply_judge(records, cfg.judge, state.device, cfg.batch_size))
+        extra.update(F.apply_judge(records, cfg.judge, state.device, batch_size))
     result, bins = F.summarize(records, cfg.model, cfg.eval_set, extra)
     out = Path(cfg.output)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

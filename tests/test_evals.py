@@ -139,3 +139,13 @@ def test_judge_reply_parsing(reply, expected):
     from posttrain.evals.judge import parse_letter
 
     assert parse_letter(reply) == expected
+
+
+def test_auto_batch_size_fills_gpu_memory_and_stays_modest_on_cpu():
+    from posttrain.generation import auto_batch_size
+
+    model = init_model(preset(2, 512, 256), seed=0)  # 2 layers × 128 wide, fp32: 2 KiB of KV cache per token
+    assert auto_batch_size(model, 512) == 64  # CPU
+    per_seq = 2 * 2 * 2 * 64 * 512 * 4
+    assert auto_batch_size(model, 512, num_samples=3, free_bytes=80 * per_seq * 4) == 48
+    assert auto_batch_size(model, 512, free_bytes=10**12) == 1024 and auto_batch_size(model, 512, free_bytes=1) == 16

@@ -304,7 +304,9 @@ class FactualityConfig:
     num_samples: int = field(default=4, metadata={"help": "Sampled answers per question, for confidence."})
     temperature: float = 1.0
     max_new_tokens: int = 32
-    batch_size: int = 64
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Prompts per batch (default: 64 on CPU, fill a GPU)."}
+    )
     seed: int = 0
     split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
     judge: str | None = field(default=None, metadata={"help": "A local instruct model that grades (free-text QA)."})

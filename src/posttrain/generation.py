@@ -88,3 +88,17 @@ def generate(
         bar.update(len(idx))
     bar.close()
     return greedy, samples
+
+
+def auto_batch_size(model, max_len: int, num_samples: int = 0, free_bytes: int | None = None) -> int:
+    """Prompts per batch: 64 on CPU; on a GPU, as many as the KV cache of 60 % of free memory holds (each
+    prompt carries 1 + num_samples sequences of up to `max_len` tokens), between 16 and 1024."""
+    if free_bytes is None:
+        if model.device.type != "cuda":
+            return 64
+        free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    per_seq = 2 * cfg.num_hidden_layers * kv_heads * head_dim * max_len * model.dtype.itemsize
+    return int(max(16, min(1024, 0.6 * free_bytes // (per_seq * (1 + num_samples)))))
