@@ -290,14 +290,17 @@ def train(
     records = log.records() if accelerator.is_main_process else []
     trained = [r for r in records if "tokens_per_s" in r]
     steady = trained[1:] or trained  # the first window includes warm-up
+    tok_s = sum(r["tokens_per_s"] for r in steady) / max(1, len(steady))
+    # A CPU peak measured while another job held a core is too low (MFU > 100 %): measure again, keep the best.
+    peak = max(peak, device_peak_flops(accelerator.device, fresh=True)[0])
     return {
         "steps": step,
         "tokens": step * the_plan.tokens_per_step,
         "train_loss": last.get("train_loss"),
         "val_loss": last.get("val_loss"),
         "val_bpb": last.get("val_bpb"),
-        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / max(1, len(steady)),
-        "mfu": sum(r["mfu"] for r in steady) / max(1, len(steady)),
+        "tokens_per_s": tok_s,
+        "mfu": mfu(flops_per_token, tok_s, peak, accelerator.num_processes),
         "peak_flops": peak,
         "peak_source": peak_source,
         "train_seconds": state["train_seconds"],

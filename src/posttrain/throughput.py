@@ -47,14 +47,18 @@ def measured_cpu_peak(n: int = 1024, repeats: int = 20, dtype: torch.dtype = tor
     return 2 * n**3 / best
 
 
-def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> tuple[float, str]:
-    """(peak FLOP/s of one device, where the number comes from)."""
+def device_peak_flops(
+    device: torch.device, dtype: torch.dtype = torch.bfloat16, fresh: bool = False
+) -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the number comes from); `fresh` re-measures a CPU."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_BF16.items():  # longest names first in the table where it matters
             if key in name:
                 return (peak if dtype in (torch.bfloat16, torch.float16) else peak / 2), f"table: {key}"
         return float("nan"), f"unknown GPU {name!r}"
+    if fresh:
+        measured_cpu_peak.cache_clear()
     return measured_cpu_peak(), f"measured fp32 matmul, {torch.get_num_threads()} threads"
 
 
