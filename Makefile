@@ -51,7 +51,7 @@ lint: $(VENV)/.stamp-dev
 	$(VPY) -m ruff format --check src recipes tests
 
 bench: $(VENV)/.stamp-dev
-	@for b in bench/*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(VPY) "$$b" || exit 1; done
+	@for b in bench/[!_]*.py; do [ -f "$$b" ] || continue; echo "== $$b"; $(VPY) "$$b" || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

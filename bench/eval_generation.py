@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import make_world_run  # bench/_common.py (scripts run from bench/)
 from transformers import AutoTokenizer
 
 from posttrain.generation import generate
 from posttrain.modeling import init_model, preset
 from posttrain.world import load_world
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main():
@@ -37,10 +34,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in ("world", "tokenizer"):
-            subprocess.run([sys.executable, str(REPO / "recipes" / f"{stage}.py"), "--config",
-                            str(REPO / f"recipes/world/{stage}.yaml"), "--run_dir", tmp],
-                           check=True, cwd=REPO, capture_output=True)  # fmt: skip
+        make_world_run(tmp)
         tok = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
         questions = load_world(Path(tmp) / "world")["qa"]["question"][: args.questions]
     cfg = preset(4, len(tok), 512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

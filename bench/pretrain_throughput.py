@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, make_world_run  # bench/_common.py (scripts run from bench/)
 
 
 def raw_loop(args) -> None:
@@ -92,10 +92,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         args.run_dir = tmp
-        for stage in ("world", "tokenizer"):
-            subprocess.run([sys.executable, str(REPO / "recipes" / f"{stage}.py"), "--config",
-                            str(REPO / f"recipes/world/{stage}.yaml"), "--run_dir", tmp],
-                           check=True, cwd=REPO, capture_output=True)  # fmt: skip
+        make_world_run(tmp)
         from transformers import AutoTokenizer
 
         vocab = len(AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer"))
