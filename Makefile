@@ -41,6 +41,7 @@ speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 100 $(EVAL_ARGS)
+	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 test: $(VENV)/.stamp-dev

@@ -21,11 +21,12 @@ def _make(*args: str):
 
 TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
 TINY_EVAL = "EVAL_ARGS=--max_per_bucket 4 --num_samples 1 --max_new_tokens 4"
+TINY_SFT = "SFT_ARGS=--max_steps 2 --per_device_train_batch_size 4 --max_length 64 --eval_max_per_bucket 4 --eval_num_samples 1"
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN, TINY_EVAL))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN, TINY_EVAL, TINY_SFT))
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -39,13 +40,23 @@ def test_make_speedrun_runs_every_stage(tmp_path):
         set(result["buckets"]) == {"known", "rare", "never_seen", "overall"}
         and "## Factuality" in (run_dir / "report.md").read_text()
     )
+    sft = json.loads((run_dir / "eval" / "sft.json").read_text())
+    assert sft["prompt"] == "chat" and sft["buckets"]["overall"]["n"] == 12
+    AutoModelForCausalLM.from_pretrained(run_dir / "sft")
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
     world = _hand_made_world(tmp_path / "my_world", copies=60)
     run_dir = tmp_path / "mine"
     assert_ok(
-        _make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 300", TINY_PRETRAIN, TINY_EVAL)
+        _make(
+            f"RUN_DIR={run_dir}",
+            f"WORLD={world}",
+            "TOKENIZER_ARGS=--vocab_size 300",
+            TINY_PRETRAIN,
+            TINY_EVAL,
+            TINY_SFT,
+        )
     )
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from trl import TrlParser
+from trl import SFTConfig, TrlParser
 
 from posttrain.errors import UserError
 
@@ -335,3 +335,66 @@ class PerplexityConfig(RunArguments):
     def __post_init__(self):
         if not self.model:
             raise UserError("--model is required")
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class SFTStageConfig(SFTConfig):
+    """`recipes/sft.py` (and the refusal stage): TRL's SFTConfig with posttrain's run layout and device defaults.
+
+    Changed defaults, and why: `bf16` and `gradient_checkpointing` come from the device (TRL defaults both to True,
+    which fails on CPU and slows small models); loss on assistant turns only; checkpoints under
+    `<run_dir>/checkpoints/<stage>` (kept apart from the exported model, which is swapped in atomically).
+    """
+
+    run_dir: str = field(default="runs/speedrun", metadata={"help": "The run directory (CONTRACTS §2)."})
+    stage: str = field(default="sft", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    data_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "A 'conversations' mix."})
+    world_dir: str | None = field(default=None, metadata={"help": "For world sources; defaults to <run_dir>/world."})
+    export_dir: str | None = field(default=None, metadata={"help": "The HF checkpoint; defaults to <run_dir>/<stage>."})
+    eval_after: bool = field(default=True, metadata={"help": "Run the factuality eval into eval/<stage>.json."})
+    eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
+    eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
+    num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
+    # TRL defaults replaced (see the class docstring)
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Trainer checkpoints; <run_dir>/checkpoints/<stage>."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "Default: True on a GPU with bf16, else False."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Default: True on CUDA, False on CPU (alias of activation_checkpointing)."}
+    )
+    assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Trainer checkpoints kept."})
+    save_steps: float = field(default=100, metadata={"help": "Steps between Trainer checkpoints."})
+    logging_steps: float = 10
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every parameter gets a gradient in a causal LM: skip DDP's extra pass."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' (newest complete checkpoint) or a checkpoint path."}
+    )
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(Path(self.run_dir) / "checkpoints" / self.stage)
+        if self.export_dir is None:
+            self.export_dir = str(Path(self.run_dir) / self.stage)
+        if self.bf16 is None:
+            self.bf16 = (not self.fp16) and _cuda_bf16()
+        from posttrain import runtime  # several CPU processes: the Trainer must join them over gloo
+
+        self.use_cpu = self.use_cpu or runtime.use_cpu()
+        if self.ddp_backend is None and runtime.process_group_kwargs():
+            self.ddp_backend = runtime.process_group_kwargs()["backend"]
+        if self.activation_checkpointing is None:  # set the new name: no FutureWarning from transformers
+            import torch
+
+            gc = self.gradient_checkpointing
+            self.activation_checkpointing = torch.cuda.is_available() if gc is None else gc
+        super().__post_init__()

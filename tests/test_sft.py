@@ -1,0 +1,249 @@
+"""SFT (issue 6): assistant-only masking, the recipe end to end, LoRA, two processes, resume after a kill,
+no eval question in SFT data, and SFT of the converted SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, assert_ok, recipe, run
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from posttrain.chat import end_of_turn_id, prepare_chat
+from posttrain.data import load_mix
+from posttrain.modeling import init_model, preset
+from posttrain.world import EVAL_BUCKETS, _subject_of, load_world
+
+TINY_SFT = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--max_length", "64", "--logging_steps", "1",
+            "--eval_max_per_bucket", "3", "--eval_num_samples", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tiny_run, tmp_path_factory) -> Path:
+    """A randomly initialised Llama saved as the run's pretrain output, with the run's tokenizer."""
+    run_dir = tmp_path_factory.mktemp("sftrun")
+    for name in ("world", "tokenizer"):
+        (run_dir / name).symlink_to(tiny_run / name)
+    tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
+    config = preset(1, len(tok), 64, bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id,
+                    pad_token_id=tok.pad_token_id)  # fmt: skip
+    init_model(config, 0, "sdpa").save_pretrained(run_dir / "pretrain")
+    tok.save_pretrained(run_dir / "pretrain")
+    return run_dir
+
+
+def _conversations() -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Where was Ada born?"},
+                {"role": "assistant", "content": "Ada was born in Oslo."},
+                {"role": "user", "content": "And where does she work?"},
+                {"role": "assistant", "content": "She works for Velmor Labs."},
+            ]
+        },  # fmt: skip
+        {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Posty."}]},
+    ]
+
+
+def _assistant_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans that must carry loss, found on the rendered text alone: each assistant message's content
+    and the <|im_end|> that closes it (what teaches the model to stop)."""
+    spans, head, end = [], "<|im_start|>assistant\n", "<|im_end|>"
+    start = text.find(head)
+    while start != -1:
+        a = start + len(head)
+        b = text.index(end, a) + len(end)
+        spans.append((a, b))
+        start = text.find(head, b)
+    return spans
+
+
+def test_assistant_only_loss_masks_token_by_token(base, tmp_path):
+    """Through TRL's own tokenisation and collator: a token has a label iff it lies inside an assistant turn."""
+    from datasets import Dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(base / "pretrain")
+    model = AutoModelForCausalLM.from_pretrained(base / "pretrain")
+    prepare_chat(model, tokenizer)
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, bf16=False, report_to=[],
+                     activation_checkpointing=False, max_length=None)  # fmt: skip
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_conversations()),
+                         processing_class=tokenizer)  # fmt: skip
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for row, conv in enumerate(_conversations()):
+        text = tokenizer.apply_chat_template(conv["messages"], tokenize=False)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        n = len(enc["input_ids"])
+        assert batch["input_ids"][row, :n].tolist() == enc["input_ids"], "TRL tokenised the same text"
+        spans = _assistant_spans(text)
+        labels = batch["labels"][row].tolist()
+        for i, (a, b) in enumerate(enc["offset_mapping"]):
+            inside = any(s <= a and b <= e for s, e in spans)
+            token = tokenizer.convert_ids_to_tokens(enc["input_ids"][i])
+            assert (labels[i] != -100) == inside, f"row {row} token {i} {token!r}: label {labels[i]}"
+            if inside:
+                assert labels[i] == enc["input_ids"][i]
+        assert all(v == -100 for v in labels[n:]), "padding carries no loss"
+    trained = [tokenizer.decode([t for t in batch["labels"][0].tolist() if t != -100])]
+    assert trained == ["Ada was born in Oslo.<|im_end|>She works for Velmor Labs.<|im_end|>"]
+
+
+def test_prepare_chat_adds_template_pad_and_stop():
+    """A tokenizer without chat template or pad token gets both, in the one documented way."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    raw.train_from_iterator(["Who are you? I am Posty."] * 10, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    assert tok.chat_template is None and tok.pad_token is None
+    n = len(tok)
+    changes = prepare_chat(model, tok)
+    assert any("chat template" in c for c in changes) and any("pad" in c for c in changes)
+    assert tok.pad_token == "<|pad|>" and tok.eos_token == "<|im_end|>"
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == n + 3
+    assert model.generation_config.eos_token_id[0] == tok.convert_tokens_to_ids("<|im_end|>") == end_of_turn_id(tok)
+    text = tok.apply_chat_template(_conversations()[1]["messages"], tokenize=False)
+    assert "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Posty.<|im_end|>" in text
+
+
+def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
+    proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT)
+    assert_ok(proc)
+    out = base / "sft"
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain from_pretrained, no trust_remote_code
+    tok = AutoTokenizer.from_pretrained(out)
+    assert {"model.safetensors", "chat_template.jinja", "generation_config.json", "lineage.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id[0] == im_end, "generate stops at the end of the assistant turn"
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)  # fmt: skip
+    gen = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert gen.shape[1] <= prompt["input_ids"].shape[1] + 3
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["parents"]["model"]["path"] == str(base / "pretrain") and lineage["data_mix"]["hash"]
+    assert lineage["summary"]["steps"] == 4
+    result = json.loads((base / "eval" / "sft.json").read_text())
+    assert result["prompt"] == "chat" and set(result["buckets"]) == {*EVAL_BUCKETS.values(), "overall"}
+    assert (base / "plots" / "sft_loss.png").is_file() and "## sft" in (base / "report.md").read_text()
+    assert sorted(p.name for p in (base / "checkpoints" / "sft").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_lora_saves_and_merges_an_adapter(base, tmp_path):
+    from peft import PeftModel
+
+    run_dir = tmp_path / "lora"
+    run_dir.mkdir()
+    for name in ("world", "pretrain"):
+        (run_dir / name).symlink_to(base / name)
+    proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT,
+                  "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01",
+                  "--lora_target_modules", "q_proj", "v_proj", "--eval_after", "false")  # fmt: skip
+    assert_ok(proc)
+    adapter = run_dir / "sft" / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "sft")
+    base_model = AutoModelForCausalLM.from_pretrained(base / "pretrain")
+    if base_model.get_input_embeddings().weight.shape[0] != merged.get_input_embeddings().weight.shape[0]:
+        base_model.resize_token_embeddings(merged.get_input_embeddings().weight.shape[0])
+    remerged = PeftModel.from_pretrained(base_model, adapter).merge_and_unload()
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        a, b = merged(x).logits, remerged(x).logits
+        plain = AutoModelForCausalLM.from_pretrained(base / "pretrain")(x).logits
+    assert torch.allclose(a, b, atol=1e-5), "the exported weights are base + adapter, merged"
+    assert not torch.allclose(a, plain, atol=1e-4), "the adapter changed the model"
+
+
+def test_sft_under_accelerate_launch_two_processes(base, tmp_path):
+    run_dir = tmp_path / "ddp"
+    run_dir.mkdir()
+    for name in ("world", "pretrain"):
+        (run_dir / name).symlink_to(base / name)
+    proc = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", "29583",
+                str(REPO / "recipes" / "sft.py"), "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir),
+                *TINY_SFT], timeout=600)  # fmt: skip
+    assert_ok(proc)
+    assert "2 process(es)" in proc.stdout
+    state = json.loads((run_dir / "checkpoints" / "sft" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert state["log_history"][0]["num_tokens"] > 0
+    result = json.loads((run_dir / "eval" / "sft.json").read_text())
+    assert result["buckets"]["overall"]["n"] == 9, "both processes' questions gathered once"
+    AutoModelForCausalLM.from_pretrained(run_dir / "sft")
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    state = json.loads(next((run_dir / "checkpoints" / "sft").glob("checkpoint-12")).joinpath("trainer_state.json")
+                       .read_text())  # fmt: skip
+    return {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
+
+
+def test_resume_after_kill_gives_the_same_losses(base, tmp_path):
+    args = ["--config", "recipes/world/sft.yaml", *TINY_SFT, "--max_steps", "12", "--save_steps", "3",
+            "--eval_after", "false", "--save_total_limit", "10"]  # fmt: skip
+    dirs = {}
+    for name in ("straight", "killed"):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        for sub in ("world", "pretrain"):
+            (dirs[name] / sub).symlink_to(base / sub)
+    assert_ok(recipe("sft", *args, "--run_dir", str(dirs["straight"])))
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, str(REPO / "recipes" / "sft.py"), *args, "--run_dir", str(dirs["killed"])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = dirs["killed"] / "checkpoints" / "sft"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts / "checkpoint-6" / "trainer_state.json").is_file():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ckpts / "checkpoint-12").exists(), "killed before the end"
+    resumed = recipe("sft", *args, "--run_dir", str(dirs["killed"]), "--resume_from_checkpoint", "latest")
+    assert_ok(resumed)
+    straight, killed = _losses(dirs["straight"]), _losses(dirs["killed"])
+    assert sorted(killed) == list(range(1, 13)), "no step lost or repeated"
+    for step, loss in straight.items():
+        assert killed[step] == pytest.approx(loss, rel=1e-3), f"step {step}"
+
+
+def test_resume_from_a_missing_checkpoint_is_one_line(base, tmp_path):
+    from conftest import assert_one_line_error
+
+    proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT,
+                  "--resume_from_checkpoint", str(tmp_path / "nope"))  # fmt: skip
+    assert_one_line_error(proc, "nope", "not a complete checkpoint")
+
+
+def test_sft_mixes_never_ask_about_eval_people(tiny_run):
+    """CONTRACTS §4: no question about an eval_* or never_seen person, not even their name, in SFT data."""
+    qa = load_world(tiny_run / "world")["qa"]
+    held_out = [r for r in qa if r["split"] in EVAL_BUCKETS]
+    questions = {r["question"] for r in held_out}
+    names = {_subject_of(r["question"], r["attribute"]) for r in held_out} - {None}
+    assert len(names) == 45
+    data = load_mix(REPO / "data_mixes/world_sft.yaml", tiny_run / "world")
+    for split in data.values():
+        users = {m["content"] for conv in split["messages"] for m in conv if m["role"] == "user"}
+        assert users and not users & questions
+        text = json.dumps(list(split["messages"]))
+        assert not [n for n in names if n in text]
