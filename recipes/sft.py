@@ -39,7 +39,9 @@ def main():
         sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
-        print(f"{cfg.stage} -> {out}: {sft.train_summary(trainer)}")
+        done = sft.train_summary(trainer)
+        print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
+              f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
     trainer.end()
 
 

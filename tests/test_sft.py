@@ -17,11 +17,11 @@ from conftest import REPO, assert_ok, recipe, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
+from posttrain import world as W
 from posttrain.chat import end_of_turn_id, prepare_chat
 from posttrain.data import load_mix
-from posttrain.modeling import init_model, preset
-from posttrain import world as W
 from posttrain.errors import UserError
+from posttrain.modeling import init_model, preset
 from posttrain.world import EVAL_BUCKETS, load_world
 
 TINY_SFT = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--max_length", "64", "--logging_steps", "1",

@@ -156,6 +156,7 @@ def train_summary(trainer: SFTTrainer) -> dict:
     losses = [r["loss"] for r in logs if "loss" in r]
     return {
         "steps": trainer.state.global_step,
+        "tokens": int(next((r["num_tokens"] for r in reversed(logs) if "num_tokens" in r), 0)),
         "train_loss": final.get("train_loss"),
         "last_logged_loss": losses[-1] if losses else None,
         "train_runtime_s": final.get("train_runtime"),

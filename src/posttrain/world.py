@@ -534,20 +534,33 @@ def _phrasings(world: DatasetDict, splits, per_fact: int, rng: random.Random) ->
     return [row for rows in by_fact.values() for row in rng.sample(rows, min(per_fact, len(rows)))]
 
 
+QA_TEXT_FORMATS = {
+    "text": "Question: {q}\nAnswer: {a}",
+    # posttrain's ChatML (posttrain.tokenizer.CHAT_TEMPLATE) written out, as midtraining does before SFT
+    "chatml": "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>",
+}
+
+
 def qa_text_view(
-    world: DatasetDict, splits=("sft",), phrasings_per_fact: int = 4, answer_style: str = "sentence", seed: int = 0, **_
+    world: DatasetDict,
+    splits=("sft",),
+    phrasings_per_fact: int = 4,
+    answer_style: str = "sentence",
+    format: str = "text",
+    seed: int = 0,
+    **_,
 ) -> Dataset:
-    """QA of `splits` people as plain text (column `text`, "Question: …\nAnswer: …") for Physics of LMs 3.1's
-    "mixed training": QA of some people inside pretraining teaches the model to store facts in an extractable
-    way. Training splits only."""
+    """QA of `splits` people as pretraining text (column `text`) for Physics of LMs 3.1's "mixed training": QA of
+    some people inside pretraining teaches the model to store facts in an extractable way. `format`: `text`
+    ("Question: …\nAnswer: …") or `chatml` (one chat turn in posttrain's template). Training splits only."""
+    if format not in QA_TEXT_FORMATS:
+        raise UserError(f"format must be one of {', '.join(QA_TEXT_FORMATS)}, got '{format}'")
     rng = random.Random(f"{seed}-qa_text")
     rows = [
-        {
-            "text": f"Question: {row['question']}\nAnswer: {answer_text(row, answer_style)}",
-            "person_id": row["person_id"],
-        }
+        {"text": QA_TEXT_FORMATS[format].format(q=row["question"], a=answer_text(row, answer_style)),
+         "person_id": row["person_id"]}
         for row in _phrasings(world, splits, phrasings_per_fact, rng)
-    ]
+    ]  # fmt: skip
     rng.shuffle(rows)
     return Dataset.from_list(rows)
 
