@@ -28,9 +28,9 @@ def main():
 
     trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
     trainer.accelerator.print(
-        f"sft: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}{'; '.join(changes)}), "
-        f"{len(data['train']):,} conversations from {cfg.data_mix}, {trainer.accelerator.num_processes} process(es) "
-        f"on {trainer.accelerator.device}, {threads} threads each"
+        f"{cfg.stage}: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}"
+        f"{'; '.join(changes)}), {sft.describe(data['train'])} from {cfg.data_mix}, "
+        f"{trainer.accelerator.num_processes} process(es) on {trainer.accelerator.device}, {threads} threads each"
     )
     trainer.train(resume_from_checkpoint=resume)
 

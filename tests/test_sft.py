@@ -111,8 +111,9 @@ def test_prepare_chat_adds_template_pad_and_stop():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
     raw.train_from_iterator(["Who are you? I am Posty."] * 10, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>")
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config)
     assert tok.chat_template is None and tok.pad_token is None
     n = len(tok)
     changes = prepare_chat(model, tok)
@@ -174,7 +175,7 @@ def test_lora_saves_and_merges_an_adapter(base, tmp_path):
     assert not torch.allclose(a, plain, atol=1e-4), "the adapter changed the model"
 
 
-def test_sft_under_accelerate_launch_two_processes(base, tmp_path):
+def test_sft_under_accelerate_launch_two_processes_with_packing(base, tmp_path):
     run_dir = tmp_path / "ddp"
     run_dir.mkdir()
     for name in ("world", "pretrain"):
@@ -182,7 +183,7 @@ def test_sft_under_accelerate_launch_two_processes(base, tmp_path):
     proc = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(REPO / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", "29583",
                 str(REPO / "recipes" / "sft.py"), "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir),
-                *TINY_SFT], timeout=600)  # fmt: skip
+                *TINY_SFT, "--packing"], timeout=600)  # fmt: skip
     assert_ok(proc)
     assert "2 process(es)" in proc.stdout
     state = json.loads((run_dir / "checkpoints" / "sft" / "checkpoint-4" / "trainer_state.json").read_text())

@@ -392,9 +392,11 @@ class SFTStageConfig(SFTConfig):
         self.use_cpu = self.use_cpu or runtime.use_cpu()
         if self.ddp_backend is None and runtime.process_group_kwargs():
             self.ddp_backend = runtime.process_group_kwargs()["backend"]
-        if self.activation_checkpointing is None:  # set the new name: no FutureWarning from transformers
-            import torch
+        import torch
 
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator (torch warns otherwise)
+        if self.activation_checkpointing is None:  # set the new name: no FutureWarning from transformers
             gc = self.gradient_checkpointing
             self.activation_checkpointing = torch.cuda.is_available() if gc is None else gc
         super().__post_init__()

@@ -63,7 +63,13 @@ def load_conversations(cfg):
     for split, ds in data.items():
         if isinstance(ds, Dataset):
             check_conversations(ds, f"{cfg.data_mix} ({split})")
+        elif cfg.max_steps <= 0:
+            raise UserError(f"{cfg.data_mix}: a streamed mix has no length; set max_steps")
     return mix, world_dir, data
+
+
+def describe(ds) -> str:
+    return f"{len(ds):,} conversations" if isinstance(ds, Dataset) else "streamed conversations"
 
 
 def check_conversations(ds: Dataset, where: str) -> None:
