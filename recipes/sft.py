@@ -23,8 +23,8 @@ def main():
     set_seed(cfg.seed)
     resume = sft.resolve_resume(cfg)
     base = sft.base_model_path(cfg, model_args)
-    model, tokenizer, changes = sft.load_model(base, cfg, model_args)
     mix, world_dir, data = sft.load_conversations(cfg)
+    model, tokenizer, changes = sft.load_model(base, cfg, model_args)
 
     trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
     trainer.accelerator.print(

@@ -229,12 +229,29 @@ def test_resume_after_kill_gives_the_same_losses(base, tmp_path):
         assert killed[step] == pytest.approx(loss, rel=1e-3), f"step {step}"
 
 
-def test_resume_from_a_missing_checkpoint_is_one_line(base, tmp_path):
+@pytest.mark.parametrize(
+    "case, rows, kind, needles",
+    [
+        ("no_assistant", [{"messages": [{"role": "user", "content": "hi"}]}], "conversations",
+         ["bad.yaml (train)", "row 0", "no assistant turn"]),
+        ("bad_role", [{"messages": [{"role": "robot", "content": "hi"}]}], "conversations", ["row 0", "valid role"]),
+        ("text_mix", [{"text": "hello"}], "text", ["bad.yaml", "'conversations' mix, not 'text'"]),
+        ("missing_resume", None, None, ["nope", "not a complete checkpoint"]),
+    ],
+)  # fmt: skip
+def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
     from conftest import assert_one_line_error
 
-    proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT,
-                  "--resume_from_checkpoint", str(tmp_path / "nope"))  # fmt: skip
-    assert_one_line_error(proc, "nope", "not a complete checkpoint")
+    if rows is None:
+        args = ["--config", "recipes/world/sft.yaml", "--resume_from_checkpoint", str(tmp_path / "nope")]
+    else:
+        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / "bad.yaml").write_text(f"kind: {kind}\ndatasets:\n  - path: json\n    data_files: {tmp_path}/rows.jsonl\n")
+        args = ["--config", "recipes/world/sft.yaml", "--data_mix", str(tmp_path / "bad.yaml")]
+    before = sorted(p.name for p in base.iterdir())
+    proc = recipe("sft", *args, "--run_dir", str(base), *TINY_SFT)
+    assert_one_line_error(proc, *needles)
+    assert sorted(p.name for p in base.iterdir()) == before, "nothing written"
 
 
 def test_world_sft_mix_has_follow_ups_and_qa_text_stays_in_training_splits(tiny_run):
