@@ -246,7 +246,9 @@ def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
         args = ["--config", "recipes/world/sft.yaml", "--resume_from_checkpoint", str(tmp_path / "nope")]
     else:
         (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / "bad.yaml").write_text(f"kind: {kind}\ndatasets:\n  - path: json\n    data_files: {tmp_path}/rows.jsonl\n")
+        (tmp_path / "bad.yaml").write_text(
+            f"kind: {kind}\ndatasets:\n  - path: json\n    data_files: {tmp_path}/rows.jsonl\n"
+        )
         args = ["--config", "recipes/world/sft.yaml", "--data_mix", str(tmp_path / "bad.yaml")]
     before = sorted(p.name for p in base.iterdir())
     proc = recipe("sft", *args, "--run_dir", str(base), *TINY_SFT)
