@@ -3,7 +3,8 @@
 python recipes/sft.py --config recipes/world/sft.yaml
 python recipes/sft.py --config recipes/world/sft.yaml --use_peft --lora_r 16       # LoRA; adapter kept in sft/adapter
 python recipes/sft.py --config recipes/world/sft.yaml --model_name_or_path runs/smollm2-base   # any HF causal LM
-accelerate launch --config_file accelerate_configs/ddp.yaml recipes/sft.py --config recipes/gpu/sft.yaml
+accelerate launch --config_file accelerate_configs/ddp.yaml recipes/sft.py --config recipes/world/sft.yaml \
+    --data_mix data_mixes/hub_sft_smoltalk.yaml --model_name_or_path HuggingFaceTB/SmolLM2-360M   # GPUs, Hub data
 ... --resume_from_checkpoint latest     # continue after a kill
 """
 
