@@ -33,7 +33,8 @@ def test_shipped_mixes_validate_offline(path):
 
 
 def test_world_mixes_load_with_required_columns(tiny_run):
-    expected = {"world_pretrain": ["text"], "world_tokenizer": ["text"], "world_sft": ["messages"]}
+    expected = {"world_pretrain": ["text"], "world_tokenizer": ["text"], "world_sft": ["messages"],
+                "world_sft_multiturn": ["messages"]}  # fmt: skip
     for name, columns in expected.items():
         data = load_mix(REPO / "data_mixes" / f"{name}.yaml", tiny_run / "world")
         assert data["train"].column_names == columns and len(data["train"]) > 0

@@ -259,7 +259,7 @@ def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
 def test_world_sft_mix_has_follow_ups_and_qa_text_stays_in_training_splits(tiny_run):
     """Leakage of eval people into any world mix is tested in test_world; here the SFT-specific shapes."""
     world = load_world(tiny_run / "world")
-    data = load_mix(REPO / "data_mixes/world_sft.yaml", tiny_run / "world")
+    data = load_mix(REPO / "data_mixes/world_sft_multiturn.yaml", tiny_run / "world")
     assert max(len(m) for m in data["train"]["messages"]) == 6, "multi-turn follow-ups are in the mix"
     short = W.conversations_view(world, splits=["sft"], answer_style="short")[0]["messages"]
     answers = {r["question"]: r["answer"] for r in world["qa"]}

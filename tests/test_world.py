@@ -118,7 +118,7 @@ def test_no_eval_question_in_any_training_mix(tiny_run):
         W._subject_of(r["question"], r["attribute"]) for r in world["qa"] if r["person_id"] in never_seen_ids
     }
     assert held_out and never_seen_names
-    for mix in ("world_sft", "world_pretrain", "world_tokenizer"):
+    for mix in ("world_sft", "world_sft_multiturn", "world_pretrain", "world_tokenizer"):
         data = load_mix(f"data_mixes/{mix}.yaml", tiny_run / "world")
         for split in data.values():
             texts = [str(v) for row in split for v in row.values()]
