@@ -354,6 +354,9 @@ class SFTStageConfig(SFTConfig):
 
     run_dir: str = field(default="runs/speedrun", metadata={"help": "The run directory (CONTRACTS §2)."})
     stage: str = field(default="sft", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(
+        default="pretrain", metadata={"help": "Stage whose model is trained when model_name_or_path is not set."}
+    )
     data_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "A 'conversations' mix."})
     world_dir: str | None = field(default=None, metadata={"help": "For world sources; defaults to <run_dir>/world."})
     export_dir: str | None = field(default=None, metadata={"help": "The HF checkpoint; defaults to <run_dir>/<stage>."})
@@ -400,3 +403,35 @@ class SFTStageConfig(SFTConfig):
             gc = self.gradient_checkpointing
             self.activation_checkpointing = torch.cuda.is_available() if gc is None else gc
         super().__post_init__()
+
+
+@dataclass
+class ProbeConfig(RunArguments):
+    """`recipes/probe.py`: self-probing of a chat model → refusal SFT data and preference pairs."""
+
+    seed: int = 0
+    model: str | None = field(default=None, metadata={"help": "The model probed; defaults to <run_dir>/sft."})
+    world_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
+    output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/probe."})
+    splits: list[str] = field(default_factory=lambda: ["probe"], metadata={"help": "People probed (training splits)."})
+    snippets_per_person: int = field(default=1, metadata={"help": "Biographies sampled per person."})
+    generator: str = field(default="world", metadata={"help": "Question generator: world (templates)."})
+    judge: str = field(default="exact", metadata={"help": "Judge of sampled answers: exact (answer + aliases)."})
+    num_samples: int = field(default=8, metadata={"help": "Answers sampled per question (K)."})
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    batch_size: int | None = field(default=None, metadata={"help": "Prompts per batch (default: by device)."})
+    known_min: float = field(default=0.75, metadata={"help": "known: share of correct samples at least this."})
+    unknown_max: float = field(default=0.0, metadata={"help": "unknown: share of correct samples at most this..."})
+    wrong_min: float = field(default=0.5, metadata={"help": "... and share of wrong (informative) samples at least."})
+    mixed: str = field(default="skip", metadata={"help": "Target for mixed questions: skip | refuse | hedge."})
+    sft_share: float = field(
+        default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
+    )
+    sft_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "Where those come from."})
+
+    def __post_init__(self):
+        if self.mixed not in ("skip", "refuse", "hedge"):
+            raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
+        if self.num_samples < 1:
+            raise UserError(f"num_samples must be >= 1, got {self.num_samples}")

@@ -70,10 +70,15 @@ class DataMix(DatasetMixtureConfig):
         self.datasets = [MixSource(**d) if isinstance(d, dict) else d for d in self.datasets]
 
 
-def read_mix(path: str | Path) -> DataMix:
-    """Parse and validate a mix file without loading any data (so Hub mixes are checked offline)."""
+def read_mix(path: str | Path, run_dir: str | Path | None = None) -> DataMix:
+    """Parse and validate a mix file without loading any data (so Hub mixes are checked offline).
+
+    `{run_dir}` in a source's path, data_dir or data_files stands for the run directory (e.g. a probe stage's
+    output, `{run_dir}/probe/refusal_sft.jsonl`)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "data mix")
+    if run_dir is not None:
+        raw = _substitute(raw, "{run_dir}", str(run_dir))
     mix_keys = field_types([DataMix])
     mix_keys.pop("source_file")  # set by read_mix, not by the user
     check_keys(raw, mix_keys, str(path))
@@ -94,6 +99,16 @@ def read_mix(path: str | Path) -> DataMix:
         raise UserError(f"{path}: {exc}") from None
     validate_mix(mix)
     return mix
+
+
+def _substitute(value, key: str, replacement: str):
+    if isinstance(value, str):
+        return value.replace(key, replacement)
+    if isinstance(value, list):
+        return [_substitute(v, key, replacement) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, key, replacement) for k, v in value.items()}
+    return value
 
 
 def validate_mix(mix: DataMix) -> None:

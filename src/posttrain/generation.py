@@ -47,8 +47,10 @@ def generate(
     batch_size: int = 64,
     stop_strings: list[str] | None = None,
     desc: str = "generating",
-) -> tuple[list[Generation], list[list[str]]]:
-    """Greedy answer (with its mean token probability) and `num_samples` sampled answers for every prompt.
+    greedy_pass: bool = True,
+) -> tuple[list[Generation | None], list[list[str]]]:
+    """Greedy answer (with its mean token probability; skipped when not `greedy_pass`) and `num_samples` sampled
+    answers for every prompt.
 
     Prompts are sorted by length so batches carry little padding; results come back in the input order.
     """
@@ -69,15 +71,16 @@ def generate(
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(model.device)
         width = enc["input_ids"].shape[1]
-        out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True, **common)
-        probs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).exp()
-        new = out.sequences[:, width:]
-        for row, i in enumerate(idx):
-            live = ~torch.isin(new[row], torch.tensor(stops + [pad], device=new.device))
-            p = probs[row][live[: probs.shape[1]]]
-            greedy[i] = Generation(
-                tokenizer.decode(new[row], skip_special_tokens=True), p.mean().item() if p.numel() else None
-            )
+        if greedy_pass:
+            out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True, **common)
+            probs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).exp()
+            new = out.sequences[:, width:]
+            for row, i in enumerate(idx):
+                live = ~torch.isin(new[row], torch.tensor(stops + [pad], device=new.device))
+                p = probs[row][live[: probs.shape[1]]]
+                greedy[i] = Generation(
+                    tokenizer.decode(new[row], skip_special_tokens=True), p.mean().item() if p.numel() else None
+                )
         if num_samples:
             out = model.generate(
                 **enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=num_samples, **common

@@ -31,8 +31,8 @@ TRAINER_STATE = "trainer_state.json"  # written last by transformers' Trainer: i
 
 
 def base_model_path(cfg, model_args) -> str:
-    """`model_name_or_path`, defaulting to the run's pretrain output; a local path must hold a model."""
-    path = model_args.model_name_or_path or str(Path(cfg.run_dir) / "pretrain")
+    """`model_name_or_path`, defaulting to the run's `parent` stage (pretrain); a local path must hold a model."""
+    path = model_args.model_name_or_path or str(Path(cfg.run_dir) / cfg.parent)
     local = Path(path)
     if (local.exists() or path.startswith((".", "/", "runs"))) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a model directory (no config.json); for the packaged SmolLM2 run "
@@ -55,7 +55,7 @@ def load_model(path: str, cfg, model_args):
 
 def load_conversations(cfg):
     """The mix's train (and test) conversations, each checked to hold an assistant turn."""
-    mix = read_mix(cfg.data_mix)
+    mix = read_mix(cfg.data_mix, run_dir=cfg.run_dir)
     if mix.kind != "conversations":
         raise UserError(f"{cfg.data_mix}: SFT reads a 'conversations' mix, not '{mix.kind}'")
     world_dir = cfg.world_dir or str(Path(cfg.run_dir) / "world")

@@ -1,0 +1,99 @@
+"""Self-probing (issue 7, first part): snippets, questions, judgments, labels, datasets; the recipe end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from conftest import assert_ok, recipe
+
+from posttrain import probe
+from posttrain.errors import UserError
+from posttrain.evals.grading import is_abstention
+from posttrain.world import load_world
+
+
+@pytest.fixture(scope="module")
+def world(tiny_run):
+    return load_world(tiny_run / "world")
+
+
+def test_snippets_and_questions_stay_in_training_splits(world):
+    snippets = probe.world_snippets(world, ["probe"], per_person=2, seed=0)
+    probe_people = {p for p, s in zip(world["documents"]["person_id"], world["documents"]["split"]) if s == "probe"}
+    assert {s["person_id"] for s in snippets} == probe_people
+    questions = probe.world_questions(snippets, world, seed=0)
+    assert questions and {q["split"] for q in questions} == {"probe"}
+    assert len({(q["person_id"], q["attribute"]) for q in questions}) == len(questions), "de-duplicated"
+    assert all(q["answer"] in q["context"] for q in questions), "only facts the snippet states"
+    for bad in (["eval_known"], ["never_seen"]):
+        with pytest.raises(UserError, match="unknown world split"):
+            probe.world_snippets(world, bad)
+
+
+def test_judgments_labels_and_targets():
+    q = {"question": "Where was Ada Velmor born?", "answer": "Oslo", "aliases": [], "candidates": ["Oslo", "Rome"],
+         "person_id": "p1", "attribute": "birth_city", "split": "probe"}  # fmt: skip
+    rows = probe.judge_samples(
+        [q, q, q],
+        [["Ada Velmor was born in Oslo."] * 4,
+         ["Ada Velmor was born in Rome."] * 3 + ["I don't know."],
+         ["Ada Velmor was born in Oslo.", "Rome.", "I don't know.", "Rome."]],
+    )  # fmt: skip
+    assert [r["p_correct"] for r in rows] == [1.0, 0.0, 0.25]
+    assert [r["p_wrong"] for r in rows] == [0.0, 0.75, 0.5]
+    assert rows[1]["p_informative"] == 0.75
+    targets = probe.training_targets(rows, probe.LabelRule(0.75, 0.0, 0.5), mixed="skip", seed=0)
+    assert [t["label"] for t in targets] == ["known", "unknown", "mixed"]
+    assert targets[0]["target"] == "Ada Velmor was born in Oslo."
+    assert is_abstention(targets[1]["target"]) and "Ada Velmor" in targets[1]["target"], "refusal names the person"
+    assert targets[2]["target"] is None
+    refused = probe.training_targets(rows, probe.LabelRule(), mixed="refuse")
+    assert is_abstention(refused[2]["target"])
+    convs = probe.refusal_conversations(targets)
+    assert len(convs) == 2 and convs[1]["messages"][1]["content"] == targets[1]["target"]
+    pairs = probe.preference_pairs(targets)
+    assert [p["pair_type"] for p in pairs] == ["correct_over_refusal", "refusal_over_wrong"]
+    assert pairs[1]["rejected"][0]["content"] == "Ada Velmor was born in Rome."
+    assert probe.summary(targets) == {"questions": 3, "known": 1, "unknown": 1, "mixed": 1, "with_target": 2}
+    with pytest.raises(UserError, match="mixed must be"):
+        probe.training_targets(rows, probe.LabelRule(), mixed="maybe")
+
+
+def test_every_refusal_template_reads_as_an_abstention():
+    rng = random.Random(0)
+    for attr, templates in probe.REFUSALS.items():
+        for t in templates:
+            assert is_abstention(t.format(name="Ada Velmor")), (attr, t)
+    assert all(is_abstention(t) for t in probe.GENERIC_REFUSALS)
+    assert is_abstention(probe.refusal_text({"question": "What?", "attribute": "hobby"}, rng))
+
+
+@pytest.mark.slow
+def test_probe_then_refusal_sft(tiny_run, tmp_path):
+    """probe.py on a tiny trained model writes inspectable files; sft.py with refusal.yaml trains on them."""
+    from test_sft import TINY_SFT
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("world", "tokenizer"):
+        (run_dir / name).symlink_to(tiny_run / name)
+    tiny_pretrain = ["--depth", "1", "--seq_len", "64", "--per_device_batch_size", "4", "--global_batch_tokens", "256",
+                     "--max_steps", "3"]  # fmt: skip
+    assert_ok(recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *tiny_pretrain))
+    assert_ok(recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
+    proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
+                  "--max_new_tokens", "6", "--mixed", "refuse")  # fmt: skip
+    assert_ok(proc)
+    out = run_dir / "probe"
+    stats = json.loads((out / "summary.json").read_text())
+    assert stats["questions"] == stats["known"] + stats["unknown"] + stats["mixed"] > 0
+    judged = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 for j in judged)
+    convs = (out / "refusal_sft.jsonl").read_text().splitlines()
+    assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"]
+    assert_ok(recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT))
+    lineage = json.loads((run_dir / "refusal" / "lineage.json").read_text())
+    assert lineage["stage"] == "refusal" and lineage["parents"]["model"]["path"] == str(run_dir / "sft")
+    assert (run_dir / "eval" / "refusal.json").is_file()
