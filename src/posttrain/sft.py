@@ -9,12 +9,14 @@ exported model (`<run>/<stage>/`) is swapped in atomically, with the LoRA adapte
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, get_peft_config
 
@@ -106,8 +108,24 @@ def resolve_resume(cfg) -> str | None:
     return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])))
 
 
+KILL_ENV = "POSTTRAIN_KILL_AT_STEP"
+
+
+class KillAtStep(TrainerCallback):
+    """Fault injection for the kill/resume tests: SIGKILL this process at the end of optimizer step N (set by
+    POSTTRAIN_KILL_AT_STEP), a deterministic point where a kill from outside would race a fast tiny run."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
+    callbacks = [KillAtStep(int(os.environ[KILL_ENV]))] if os.environ.get(KILL_ENV) else None
     return SFTTrainer(
         model=model,
         args=cfg,
@@ -115,6 +133,7 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
     )
 
 
