@@ -163,11 +163,14 @@ def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str)
 
     checkpoint.export_hf(accelerator, model, trainer.processing_class, out, model.generation_config, extra)
     if accelerator.is_main_process:
-        records = [{"tokens": r["step"], "train_loss": r["loss"]} for r in trainer.state.log_history if "loss" in r]
-        records += [
-            {"tokens": r["step"], "val_loss": r["eval_loss"]} for r in trainer.state.log_history if "eval_loss" in r
-        ]
-        loss_curves(records, Path(cfg.run_dir) / "plots" / f"{cfg.stage}_loss.png", f"{cfg.stage.upper()} (x: steps)")
+        records, tokens = [], 0
+        for r in trainer.state.log_history:  # TRL logs the running token count with the loss
+            tokens = r.get("num_tokens", tokens)
+            if "loss" in r:
+                records.append({"tokens": tokens, "train_loss": r["loss"]})
+            if "eval_loss" in r:
+                records.append({"tokens": tokens, "val_loss": r["eval_loss"]})
+        loss_curves(records, Path(cfg.run_dir) / "plots" / f"{cfg.stage}_loss.png", f"{cfg.stage} loss")
     return out
 
 
