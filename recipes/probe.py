@@ -12,14 +12,13 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import probe
 from posttrain import world as world_lib
 from posttrain.configs import ProbeConfig, parse_config, to_dict
 from posttrain.data import load_mix
 from posttrain.errors import UserError, entrypoint
-from posttrain.generation import auto_batch_size, generate
+from posttrain.generation import auto_batch_size, generate, load_for_generation
 from posttrain.lineage import atomic_write_text, write_lineage
 from posttrain.runtime import process_state
 
@@ -30,10 +29,9 @@ def main():
     model_dir = Path(cfg.model or cfg.stage_dir("sft"))
     world_dir = cfg.world_dir or str(cfg.stage_dir("world"))
     out = Path(cfg.output_dir or cfg.stage_dir("probe"))
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: not a model directory (run recipes/sft.py first)")
     if cfg.generator not in probe.QUESTION_GENERATORS:
         raise UserError(f"generator must be one of {', '.join(probe.QUESTION_GENERATORS)}, got '{cfg.generator}'")
+    model, tokenizer = load_for_generation(model_dir, state.device, hint="; run recipes/sft.py first")
     world = world_lib.load_world(world_dir)
     snippets = probe.world_snippets(world, cfg.splits, cfg.snippets_per_person, cfg.seed)
     questions = probe.QUESTION_GENERATORS[cfg.generator](snippets, world, seed=cfg.seed)
@@ -42,9 +40,6 @@ def main():
     state.print(f"probe: {len(snippets)} snippets → {len(questions)} questions about {cfg.splits}; "
                 f"{cfg.num_samples} samples each from {model_dir}")  # fmt: skip
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(state.device)
     torch.manual_seed(cfg.seed + state.process_index)
     batch_size = cfg.batch_size or auto_batch_size(model, 256 + cfg.max_new_tokens, cfg.num_samples)
     with state.split_between_processes(list(range(len(questions)))) as mine:

@@ -35,12 +35,11 @@ def main():
     )
     trainer.train(resume_from_checkpoint=resume)
 
-    out = sft.export(trainer, cfg, model_args, base, mix, world_dir)
+    out, done = sft.export(trainer, cfg, model_args, base, mix, world_dir)
     if cfg.eval_after:
         sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
-        done = sft.train_summary(trainer)
         print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
               f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
     trainer.end()

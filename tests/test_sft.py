@@ -192,8 +192,7 @@ def test_sft_under_accelerate_launch_two_processes_with_packing(base, tmp_path):
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    state = json.loads(next((run_dir / "checkpoints" / "sft").glob("checkpoint-12")).joinpath("trainer_state.json")
-                       .read_text())  # fmt: skip
+    state = json.loads((run_dir / "checkpoints" / "sft" / "checkpoint-12" / "trainer_state.json").read_text())
     return {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
 
 

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from trl import SFTConfig, TrlParser
 
+from posttrain import runtime
 from posttrain.errors import UserError
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,12 +339,6 @@ class PerplexityConfig(RunArguments):
             raise UserError("--model is required")
 
 
-def _cuda_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 @dataclass
 class SFTStageConfig(SFTConfig):
     """`recipes/sft.py` (and the refusal stage): TRL's SFTConfig with posttrain's run layout and device defaults.
@@ -388,20 +384,18 @@ class SFTStageConfig(SFTConfig):
             self.output_dir = str(Path(self.run_dir) / "checkpoints" / self.stage)
         if self.export_dir is None:
             self.export_dir = str(Path(self.run_dir) / self.stage)
+        cuda = torch.cuda.is_available()
         if self.bf16 is None:
-            self.bf16 = (not self.fp16) and _cuda_bf16()
-        from posttrain import runtime  # several CPU processes: the Trainer must join them over gloo
-
+            self.bf16 = (not self.fp16) and cuda and torch.cuda.is_bf16_supported()
+        # several CPU processes: the Trainer must join them over gloo
         self.use_cpu = self.use_cpu or runtime.use_cpu()
-        if self.ddp_backend is None and runtime.process_group_kwargs():
-            self.ddp_backend = runtime.process_group_kwargs()["backend"]
-        import torch
-
-        if not torch.cuda.is_available():
+        if self.ddp_backend is None:
+            self.ddp_backend = runtime.process_group_kwargs().get("backend")
+        if not cuda:
             self.dataloader_pin_memory = False  # pinning needs an accelerator (torch warns otherwise)
         if self.activation_checkpointing is None:  # set the new name: no FutureWarning from transformers
             gc = self.gradient_checkpointing
-            self.activation_checkpointing = torch.cuda.is_available() if gc is None else gc
+            self.activation_checkpointing = cuda if gc is None else gc
         super().__post_init__()
 
 

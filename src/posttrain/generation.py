@@ -93,6 +93,22 @@ def generate(
     return greedy, samples
 
 
+def load_for_generation(path, device, hint: str = ""):
+    """(model, tokenizer) of a saved causal LM for inference: bf16 on CUDA, fp32 elsewhere."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.errors import UserError
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json){hint}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model, tokenizer
+
+
 def auto_batch_size(model, max_len: int, num_samples: int = 0, free_bytes: int | None = None) -> int:
     """Prompts per batch: 64 on CPU; on a GPU, as many as the KV cache of 60 % of free memory holds (each
     prompt carries 1 + num_samples sequences of up to `max_len` tokens), between 16 and 1024."""

@@ -50,9 +50,7 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
     for row in world["qa"]:
         if row["person_id"] in people:
             facts[row["person_id"]][row["attribute"]].append(row)
-    values = defaultdict(set)
-    for ans, attr in zip(world["qa"]["answer"], world["qa"]["attribute"]):
-        values[attr].add(ans)
+    values = world_lib.answers_by_attribute(world["qa"])
     out, seen = [], set()
     for snip in snippets:
         pid = snip["person_id"]
@@ -66,7 +64,7 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
                     "question": row["question"],
                     "answer": row["answer"],
                     "aliases": list(row["aliases"]),
-                    "candidates": sorted(values[attr]),
+                    "candidates": values[attr],
                     "person_id": pid,
                     "attribute": attr,
                     "split": row["split"],
@@ -162,19 +160,20 @@ def training_targets(rows: list[dict], rule: LabelRule, mixed: str = "skip", see
     out = []
     for row in rows:
         label = rule(row)
+        refusal = refusal_text(row, rng)
         correct = world_lib.answer_sentence({"question": row["question"], "attribute": row.get("attribute", ""),
                                              "answer": row["answer"]})  # fmt: skip
         if label == KNOWN:
             target = correct
         elif label == UNKNOWN or mixed == "refuse":
-            target = refusal_text(row, rng)
+            target = refusal
         elif mixed == "hedge":
             target = rng.choice(HEDGES).format(answer=row["answer"])
         else:
             target = None
         wrong = next((s for s, g in zip(row["samples"], row["grades"]) if g == INCORRECT), None)
         out.append({**row, "label": label, "target": target, "correct_answer": correct, "wrong_answer": wrong,
-                    "refusal": refusal_text(row, rng)})  # fmt: skip
+                    "refusal": refusal})  # fmt: skip
     return out
 
 

@@ -137,9 +137,10 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
     )
 
 
-def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str) -> Path:
+def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str) -> tuple[Path, dict]:
     """Write `<run>/<stage>/` atomically: merged weights (safetensors), tokenizer + chat template, generation
-    config stopping at end-of-turn, lineage and metrics; a LoRA run also keeps its adapter in `adapter/`."""
+    config stopping at end-of-turn, lineage and metrics; a LoRA run also keeps its adapter in `adapter/`.
+    Returns the folder and the training summary written into it."""
     accelerator = trainer.accelerator
     model = accelerator.unwrap_model(trainer.model)
     out = Path(cfg.export_dir)
@@ -171,7 +172,7 @@ def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str)
             if "eval_loss" in r:
                 records.append({"tokens": tokens, "val_loss": r["eval_loss"]})
         loss_curves(records, Path(cfg.run_dir) / "plots" / f"{cfg.stage}_loss.png", f"{cfg.stage} loss")
-    return out
+    return out, summary
 
 
 def _model_hash(path: str) -> str | None:

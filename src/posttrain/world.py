@@ -484,6 +484,14 @@ def qa_view(world: DatasetDict, splits=SPLITS, **_) -> Dataset:
     return world["qa"].filter(lambda s: s in keep, input_columns="split")
 
 
+def answers_by_attribute(qa: Dataset) -> dict[str, list[str]]:
+    """Every answer value of each attribute, sorted: the rival candidates a grader checks an answer against."""
+    values: dict[str, set[str]] = {}
+    for ans, attr in zip(qa["answer"], qa["attribute"]):
+        values.setdefault(attr, set()).add(ans)
+    return {attr: sorted(v) for attr, v in values.items()}
+
+
 def conversations_view(
     world: DatasetDict,
     splits=TRAIN_SPLITS,

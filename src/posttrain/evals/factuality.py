@@ -21,7 +21,7 @@ from posttrain import world as world_lib
 from posttrain.errors import UserError
 from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
 from posttrain.evals.metrics import auroc, bucket_metrics, clean, ece, reliability_bins
-from posttrain.generation import auto_batch_size, generate
+from posttrain.generation import auto_batch_size, generate, load_for_generation
 from posttrain.lineage import atomic_write_text
 from posttrain.plots import reliability_diagram
 from posttrain.report import build_report
@@ -47,15 +47,13 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
     if world_dir is not None:
         world = world_lib.load_world(world_dir)
         qa = world["qa"]
-        by_attr = defaultdict(set)
-        for ans, attr in zip(qa["answer"], qa["attribute"]):
-            by_attr[attr].add(ans)
+        by_attr = world_lib.answers_by_attribute(qa)
         rows = [
             {
                 "question": r["question"],
                 "answers": list(dict.fromkeys([r["answer"], *r["aliases"]])),
                 "bucket": world_lib.EVAL_BUCKETS[r["split"]],
-                "candidates": sorted(by_attr[r["attribute"]]),
+                "candidates": by_attr[r["attribute"]],
             }
             for r in qa
             if r["split"] in world_lib.EVAL_BUCKETS
@@ -205,8 +203,6 @@ def markdown_table(result: dict) -> str:
 
 def apply_judge(records: list[dict], judge_dir: str, device, batch_size: int) -> dict:
     """Re-grade records with an LLM judge (the exact grade is kept as `exact_grade`); returns JSON extras."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from posttrain.evals.judge import judge_grades
 
     if not (Path(judge_dir) / "config.json").is_file():
@@ -229,11 +225,7 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     """
     state = process_state()
     if model is None:
-        if not (Path(cfg.model) / "config.json").is_file():
-            raise UserError(f"{cfg.model}: not a model directory (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(state.device)
+        model, tokenizer = load_for_generation(cfg.model, state.device)
     rows, shots = load_eval_set(cfg.eval_set, cfg.seed, cfg.max_per_bucket, cfg.split)
     style = prompt_style(cfg.model, tokenizer, cfg.prompt)
     prompts = build_prompts(rows, shots, style, tokenizer)
