@@ -4,6 +4,7 @@ no eval question in SFT data, and SFT of the converted SmolLM2."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -228,12 +229,19 @@ def test_resume_after_kill_gives_the_same_losses(base, tmp_path):
         ("bad_role", [{"messages": [{"role": "robot", "content": "hi"}]}], "conversations", ["row 0", "valid role"]),
         ("text_mix", [{"text": "hello"}], "text", ["bad.yaml", "'conversations' mix, not 'text'"]),
         ("missing_resume", None, None, ["nope", "not a complete checkpoint"]),
+        ("truncated_weights", None, None, ["truncated", "cannot load the model", "SafetensorError"]),
     ],
 )  # fmt: skip
 def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
     from conftest import assert_one_line_error
 
-    if rows is None:
+    if case == "truncated_weights":
+        bad = tmp_path / "truncated"
+        shutil.copytree(base / "pretrain", bad)
+        weights = (bad / "model.safetensors").read_bytes()
+        (bad / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+        args = ["--config", "recipes/world/sft.yaml", "--model_name_or_path", str(bad)]
+    elif rows is None:
         args = ["--config", "recipes/world/sft.yaml", "--resume_from_checkpoint", str(tmp_path / "nope")]
     else:
         (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, get_peft_config
@@ -48,9 +49,17 @@ def load_model(path: str, cfg, model_args):
     dtype = (
         model_args.dtype if model_args.dtype not in (None, "auto") else (torch.bfloat16 if cfg.bf16 else torch.float32)
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+        )
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        SafetensorError,
+    ) as exc:  # truncated weights, no network for a Hub id, bad config
+        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     changes = prepare_chat(model, tokenizer, cfg.assistant_only_loss)
     return model, tokenizer, changes
 
