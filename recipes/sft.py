@@ -42,6 +42,7 @@ def main():
         build_report(cfg.run_dir)
         print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
               f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
+    trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still reports
     trainer.end()
 
 
