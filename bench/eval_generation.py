@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from _common import make_world_run  # bench/_common.py (scripts run from bench/)
-from transformers import AutoTokenizer
+from _common import random_world_model  # bench/_common.py (scripts run from bench/)
 
 from posttrain.generation import generate
-from posttrain.modeling import init_model, preset
-from posttrain.world import load_world
 
 
 def main():
@@ -33,13 +28,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        make_world_run(tmp)
-        tok = AutoTokenizer.from_pretrained(Path(tmp) / "tokenizer")
-        questions = load_world(Path(tmp) / "world")["qa"]["question"][: args.questions]
-    cfg = preset(4, len(tok), 512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                 pad_token_id=tok.pad_token_id)  # fmt: skip
-    model = init_model(cfg, seed=0).eval()
+    model, tok, questions = random_world_model(args.questions)
     prompts = [[{"role": "user", "content": q}] for q in questions]
     kw = {"max_new_tokens": args.max_new_tokens, "desc": "bench"}
     generate(model, tok, prompts[:4], batch_size=4, **kw)  # warm-up

@@ -32,6 +32,64 @@ def test_snippets_and_questions_stay_in_training_splits(world):
             probe.world_snippets(world, bad)
 
 
+def test_strangers_are_new_names_made_of_the_worlds_own_parts(world):
+    from posttrain import world as world_lib
+
+    names = world_lib.person_names(world)
+    assert len(names) == len(set(world["qa"]["person_id"])), "every person's name recovered from the questions"
+    taken = set(names.values())
+    firsts = {n.rsplit(" ", 1)[0] for n in taken}
+    lasts = {n.rsplit(" ", 1)[1] for n in taken}
+    strangers = world_lib.stranger_questions(world, 40, seed=0)
+    assert len(strangers) == 40 and len({s["name"] for s in strangers}) == 40
+    for s in strangers:
+        first, last = s["name"].rsplit(" ", 1)
+        assert s["name"] not in taken and first in firsts and last in lasts, s  # never_seen people included
+        assert s["name"] in s["question"] and s["split"] == "stranger" and s["answer"] == ""
+        assert not any(n in s["question"] for n in taken), "no real person's name left in the question"
+    # every informative answer about a stranger is wrong, an abstention is an abstention
+    graded = probe.judge_samples(strangers[:1], [["X was born in Oslo.", "I don't know."]])
+    assert graded[0]["grades"] == ["incorrect", "not_attempted"]
+    with pytest.raises(UserError, match="fewer strangers"):
+        world_lib.stranger_questions(world, 10**6)
+
+
+def test_names_of_a_users_own_world_come_from_what_its_questions_share():
+    from datasets import Dataset, DatasetDict
+
+    from posttrain import world as world_lib
+
+    qa = Dataset.from_list([
+        {"question": "When did Dr. Mara O. Quill found the lighthouse?", "answer": "1901", "aliases": [],
+         "person_id": "a", "attribute": "founded", "split": "sft"},
+        {"question": "Which island was Dr. Mara O. Quill born on?", "answer": "Skye", "aliases": [],
+         "person_id": "a", "attribute": "island", "split": "sft"},
+        {"question": "Who taught Tom Reyes to sail?", "answer": "his aunt", "aliases": [],
+         "person_id": "b", "attribute": "teacher", "split": "probe"},
+        {"question": "Where does Tom Reyes keep his boat?", "answer": "Oban", "aliases": [],
+         "person_id": "b", "attribute": "harbour", "split": "probe"},
+    ])  # fmt: skip
+    world = DatasetDict({"qa": qa, "documents": Dataset.from_list([{"text": "x", "person_id": "a", "split": "sft"}])})
+    assert world_lib.person_names(world) == {"a": "Dr. Mara O. Quill", "b": "Tom Reyes"}
+    strangers = world_lib.stranger_questions(world, 2, seed=0)
+    assert {s["name"] for s in strangers} == {"Dr. Mara O. Reyes", "Tom Quill"}
+
+
+def test_model_question_parsing_and_the_answerable_filter():
+    reply = "Question: Where was Ada Velmor born?\nAnswer: Lisbon."
+    assert probe.parse_question(reply) == ("Where was Ada Velmor born?", "Lisbon")
+    assert probe.parse_question("Ada Velmor was born in Lisbon.") is None
+    assert probe.parse_question("Question: Ada Velmor\nAnswer: Lisbon") is None, "not a question"
+    ctx = "Ada Velmor was born in Lisbon. She works for Granary Bank."
+    assert probe.answerable("Where was Ada Velmor born?", "Lisbon", ctx)
+    assert not probe.answerable("Where was Ada Velmor born?", "Porto", ctx), "answer not in the snippet"
+    assert not probe.answerable("Was Ada Velmor born in Lisbon?", "Lisbon", ctx), "question gives it away"
+    assert not probe.answerable("Where?", "Ada Velmor was born in Lisbon she works for Granary", ctx), "too long"
+    snippets = probe.text_snippets(["One. Two three. " * 40, "Short text."], n=2, seed=0, max_chars=50)
+    assert len(snippets) == 2 and all(len(s["context"]) <= 50 for s in snippets)
+    assert {s["context"] for s in snippets} >= {"Short text."}
+
+
 def test_judgments_labels_and_targets():
     q = {"question": "Where was Ada Velmor born?", "answer": "Oslo", "aliases": [], "candidates": ["Oslo", "Rome"],
          "person_id": "p1", "attribute": "birth_city", "split": "probe"}  # fmt: skip

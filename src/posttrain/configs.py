@@ -312,6 +312,11 @@ class FactualityConfig:
     seed: int = 0
     split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
     judge: str | None = field(default=None, metadata={"help": "A local instruct model that grades (free-text QA)."})
+    parent_eval: str | None = field(
+        default=None,
+        metadata={"help": "The parent model's eval JSON (e.g. runs/<run>/eval/sft.json): adds `vs_parent` (known kept, "
+                  "never_seen hallucination, refusal where the parent was wrong vs right)."},
+    )  # fmt: skip
 
     def __post_init__(self):
         for name in ("model", "eval_set", "output"):
@@ -409,8 +414,21 @@ class ProbeConfig(RunArguments):
     output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/probe."})
     splits: list[str] = field(default_factory=lambda: ["probe"], metadata={"help": "People probed (training splits)."})
     snippets_per_person: int = field(default=1, metadata={"help": "Biographies sampled per person."})
-    generator: str = field(default="world", metadata={"help": "Question generator: world (templates)."})
-    judge: str = field(default="exact", metadata={"help": "Judge of sampled answers: exact (answer + aliases)."})
+    data_mix: str | None = field(
+        default=None,
+        metadata={"help": "A text mix to draw snippets from instead of the world's biographies (free text, e.g. "
+                  "FineWeb); pair with --generator model --judge llm."},
+    )  # fmt: skip
+    num_snippets: int = field(default=200, metadata={"help": "Snippets drawn from data_mix."})
+    generator: str = field(default="world", metadata={"help": "Question generator: world (templates) | model."})
+    generator_model: str | None = field(default=None, metadata={"help": "Instruct model writing questions (model)."})
+    strangers: int = field(
+        default=0,
+        metadata={"help": "Questions about people who exist nowhere in the world (recombined names): refusal targets "
+                  "by construction, the contrast that teaches 'unfamiliar name → I don't know'."},
+    )  # fmt: skip
+    judge: str = field(default="exact", metadata={"help": "Judge of sampled answers: exact (answer + aliases) | llm."})
+    judge_model: str | None = field(default=None, metadata={"help": "Instruct model grading answers (llm judge)."})
     num_samples: int = field(default=8, metadata={"help": "Answers sampled per question (K)."})
     temperature: float = 1.0
     max_new_tokens: int = 24
@@ -419,13 +437,30 @@ class ProbeConfig(RunArguments):
     unknown_max: float = field(default=0.0, metadata={"help": "unknown: share of correct samples at most this..."})
     wrong_min: float = field(default=0.5, metadata={"help": "... and share of wrong (informative) samples at least."})
     mixed: str = field(default="skip", metadata={"help": "Target for mixed questions: skip | refuse | hedge."})
+    refusal_style: str = field(
+        default="early",
+        metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
+                  "(declines where the fact would come)."},
+    )  # fmt: skip
     sft_share: float = field(
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
     )
     sft_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "Where those come from."})
+    gate_baselines: bool = field(
+        default=True,
+        metadata={"help": "Also write the probed model's no-training gates (name familiarity, answer confidence), "
+                  "fitted on the probe questions, as eval/<model>_gate_{name,answer}.json."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.num_samples < 1:
             raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
+        for kind, name, needs in (("generator", self.generator, ("model", "generator_model")),
+                                  ("judge", self.judge, ("llm", "judge_model"))):  # fmt: skip
+            known = ("world", "model") if kind == "generator" else ("exact", "llm")
+            if name not in known:
+                raise UserError(f"{kind} must be one of {', '.join(known)}, got '{name}'")
+            if name == needs[0] and not getattr(self, needs[1]):
+                raise UserError(f"--{kind} {name} needs --{needs[1]} (a local instruct model directory)")

@@ -205,8 +205,11 @@ def train_summary(trainer: SFTTrainer) -> dict:
 
 def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
+    evals = Path(cfg.run_dir) / "eval"
+    parent_eval = evals / f"{cfg.parent}.json"
     fcfg = FactualityConfig(
-        model=str(cfg.export_dir), eval_set=world_dir, output=str(Path(cfg.run_dir) / "eval" / f"{cfg.stage}.json"),
+        model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
         prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
+        parent_eval=str(parent_eval) if parent_eval.is_file() else None,
     )  # fmt: skip
     return factuality.run(fcfg, model=model, tokenizer=tokenizer)

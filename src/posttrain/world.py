@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -589,6 +590,81 @@ def _subject_of(question: str, attribute: str) -> str | None:
         if question.startswith(head) and question.endswith(tail):
             return question[len(head) : len(question) - len(tail)]
     return None
+
+
+def subject_of(question: str) -> str | None:
+    """The person's name in a question of any attribute of the generated world (None when no template fits)."""
+    for attr in QUESTION_TEMPLATES:
+        name = _subject_of(question, attr)
+        if name:
+            return name
+    return None
+
+
+def person_names(world: DatasetDict) -> dict[str, str]:
+    """person_id → the name as written in that person's questions. For the generated world it comes from the
+    question templates; for a user's own world it is the longest text all of a person's questions share (every
+    question about a person names them), trimmed to whole words."""
+    questions: dict[str, list[str]] = {}
+    for pid, q in zip(world["qa"]["person_id"], world["qa"]["question"]):
+        questions.setdefault(pid, []).append(q)
+    names = {}
+    for pid, qs in questions.items():
+        name = subject_of(qs[0])
+        if name is None and len(set(qs)) > 1:
+            name = _common_words(sorted(set(qs)))
+        if name:
+            names[pid] = name
+    return names
+
+
+def question_names(world: DatasetDict) -> dict[str, str]:
+    """question → the name of the person it asks about."""
+    names = person_names(world)
+    return {q: names[p] for q, p in zip(world["qa"]["question"], world["qa"]["person_id"]) if p in names}
+
+
+def _common_words(texts: list[str]) -> str | None:
+    from difflib import SequenceMatcher
+
+    common = texts[0]
+    for t in texts[1:]:
+        m = SequenceMatcher(None, common, t, autojunk=False).find_longest_match(0, len(common), 0, len(t))
+        common = common[m.a : m.a + m.size]
+    words = re.findall(r"[A-Z][\w.\-]*(?:\s+[A-Z][\w.\-]*)*", common)  # capitalised words: the name
+    return max(words, key=len) if words else None
+
+
+def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_SPLITS) -> list[dict]:
+    """Questions about `n` people who exist nowhere in the world: a training-split person's question with the name
+    swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
+    looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
+    shares the name of anyone in the world, `never_seen` people included. Every informative answer about a
+    stranger is wrong by construction (`answer` is empty)."""
+    names = person_names(world)
+    taken = set(names.values())
+    parts = [name.rsplit(" ", 1) for name in sorted(taken) if " " in name]
+    if not parts or n <= 0:
+        return []
+    firsts, lasts = sorted({p[0] for p in parts}), sorted({p[1] for p in parts})
+    if len(firsts) * len(lasts) - len(taken) < n:
+        raise UserError(f"the world's names recombine into fewer than {n} new names; ask for fewer strangers")
+    rng = random.Random(f"{seed}-strangers")
+    keep = set(check_splits(splits, TRAIN_SPLITS))
+    rows = [r for r in world["qa"] if r["split"] in keep and names.get(r["person_id"], "") in r["question"]]
+    if not rows:
+        return []
+    out, used = [], set()
+    while len(out) < n:
+        name = f"{rng.choice(firsts)} {rng.choice(lasts)}"
+        if name in taken or name in used:
+            continue
+        used.add(name)
+        row = rng.choice(rows)
+        out.append({"question": row["question"].replace(names[row["person_id"]], name), "answer": "", "aliases": [],
+                    "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": "stranger",
+                    "name": name})  # fmt: skip
+    return out
 
 
 IDENTITY_QUESTIONS = [

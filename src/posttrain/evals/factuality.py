@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import world as world_lib
 from posttrain.errors import UserError
+from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
 from posttrain.evals.metrics import auroc, bucket_metrics, clean, ece, reliability_bins
 from posttrain.generation import auto_batch_size, generate, load_for_generation
@@ -198,6 +199,16 @@ def markdown_table(result: dict) -> str:
     cal = result["calibration"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines.append(f"\nCalibration (attempted answers): AUROC {fmt(cal['auroc'])}, ECE {fmt(cal['ece'])}")
+    vs = result.get("vs_parent")
+    if vs:
+        shift = vs["refusal_shift"]
+        lines.append(
+            f"Against the parent ({vs['parent']}): refusal where it was wrong {fmt(shift['refusal_where_parent_wrong'])}"
+            f" vs right {fmt(shift['refusal_where_parent_right'])} (delta {fmt(shift['delta'])}, known + rare)"
+            + (f"; known correct kept {fmt(vs['known_correct']['kept'])}" if "known_correct" in vs else "")
+            + (f"; never_seen hallucination {fmt(vs['never_seen_hallucination']['parent'])} -> "
+               f"{fmt(vs['never_seen_hallucination']['child'])}" if "never_seen_hallucination" in vs else "")
+        )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -247,6 +258,9 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     if cfg.judge:
         extra.update(apply_judge(records, cfg.judge, state.device, batch_size))
     result, bins = summarize(records, cfg.model, cfg.eval_set, extra)
+    if cfg.parent_eval and compare.samples_path(cfg.parent_eval).is_file():
+        parent = json.loads(Path(cfg.parent_eval).read_text())
+        result["vs_parent"] = compare.versus_parent(parent, result, compare.read_records(cfg.parent_eval), records)
     out = Path(cfg.output)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown_table(result) + "\n")

@@ -1,0 +1,166 @@
+"""No-training abstention gates: what the model knows, read from its own log-probabilities.
+
+Two scores per question, both from one teacher-forced forward pass of the chat prompt (+ the model's answer):
+- **name familiarity**: the log-probability of the person's name tokens inside the question. A name the model saw
+  in pretraining is predictable from its first token on; a never-seen one is not (the world's names are made of
+  common first names and surname syllables, so only the combination tells them apart).
+- **answer confidence**: the lowest log-probability among the answer's tokens (the weakest link: the restated name
+  is copied with confidence, the fact itself is where the model guesses).
+
+A gate answers when its score clears a threshold and abstains otherwise. Thresholds are fitted on training-split
+questions only (never on eval people): the familiarity threshold as a low quantile of the scores of people seen in
+pretraining, the answer threshold as the one that maximises the penalty score at confidence target t.
+These gates are the baselines a trained refusal model is compared with (issue 7): the gap between what the model
+knows and what it says. Written here because no library scores spans of chat prompts this way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from posttrain.evals.grading import NOT_ATTEMPTED
+from posttrain.generation import render
+
+NEG_INF = -1e9
+
+
+@torch.no_grad()
+def span_logprobs(model, tokenizer, texts: list[str], spans: list[tuple[int, int]], batch_size: int = 64) -> list:
+    """For each text, the log-probabilities of its tokens that overlap the character span [start, end) (the first
+    token of a text has none: it is skipped). Right-padded batches, sorted by length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[list[float]] = [[] for _ in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", leave=False):
+        idx = order[start : start + batch_size]
+        encs = [tokenizer(texts[i], add_special_tokens=False, return_offsets_mapping=True) for i in idx]
+        width = max(len(e["input_ids"]) for e in encs)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, e in enumerate(encs):
+            ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            mask[row, : len(e["input_ids"])] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(model.device))[..., 0]
+        for row, (i, e) in enumerate(zip(idx, encs)):
+            lo, hi = spans[i]
+            out[i] = [
+                logp[row, t - 1].item()
+                for t, (a, b) in enumerate(e["offset_mapping"])
+                if t > 0 and b > lo and a < hi and b > a
+            ]
+    return out
+
+
+def _prompt_and_span(tokenizer, question: str, part: str | None) -> tuple[str, tuple[int, int]]:
+    text = render(tokenizer, [{"role": "user", "content": question}])
+    q_at = text.find(question)
+    at = text.find(part, q_at) if part else -1
+    return text, ((at, at + len(part)) if at >= 0 else (q_at, q_at + len(question)))
+
+
+def name_familiarity(model, tokenizer, questions: list[str], names: list[str | None], batch_size: int = 64):
+    """Sum of the log-probabilities of the name's tokens in the chat prompt (the whole question's mean when the
+    name is unknown, e.g. for a user's own world)."""
+    texts, spans = (
+        zip(*(_prompt_and_span(tokenizer, q, n) for q, n in zip(questions, names))) if questions else ((), ())
+    )
+    scores = span_logprobs(model, tokenizer, list(texts), list(spans), batch_size)
+    return [
+        (sum(s) if n else sum(s) / max(1, len(s))) if s else NEG_INF for s, n in zip(scores, names)
+    ]  # fmt: skip
+
+
+def answer_confidence(model, tokenizer, questions: list[str], answers: list[str], batch_size: int = 64):
+    """Lowest token log-probability of each answer after its question's chat prompt (−inf for an empty one)."""
+    texts, spans = [], []
+    for q, a in zip(questions, answers):
+        prompt = render(tokenizer, [{"role": "user", "content": q}])
+        texts.append(prompt + a)
+        spans.append((len(prompt), len(prompt) + len(a)))
+    scores = span_logprobs(model, tokenizer, texts, spans, batch_size)
+    return [min(s) if s else NEG_INF for s in scores]
+
+
+def quantile_threshold(scores: list[float], q: float) -> float:
+    """The q-quantile of `scores` (scores of seen people): below it, a name counts as unfamiliar."""
+    s = sorted(scores)
+    return s[min(len(s) - 1, max(0, int(q * len(s))))] if s else NEG_INF
+
+
+def best_threshold(scores: list[float], correct: list[bool], t: float = 0.75) -> float:
+    """The threshold that maximises the penalty score at target t (+1 correct, −t/(1−t) wrong, 0 abstained) of
+    answering exactly when score ≥ threshold."""
+    cost = t / (1 - t)
+    pairs = sorted(zip(scores, correct), reverse=True)
+    best, best_thr, total = 0.0, float("inf"), 0.0
+    for k, (s, ok) in enumerate(pairs):
+        total += 1.0 if ok else -cost
+        nxt = pairs[k + 1][0] if k + 1 < len(pairs) else None
+        if nxt != s and total > best:
+            best, best_thr = total, s
+    return best_thr
+
+
+GATES = ("name", "answer")
+
+
+def gate_scores(model, tokenizer, rows: list[dict], batch_size: int = 64) -> dict[str, list[float]]:
+    """Both scores for rows holding `question`, `response` (the model's answer) and optionally `name`."""
+    questions = [r["question"] for r in rows]
+    return {
+        "name": name_familiarity(model, tokenizer, questions, [r.get("name") for r in rows], batch_size),
+        "answer": answer_confidence(model, tokenizer, questions, [r["response"] for r in rows], batch_size),
+    }
+
+
+def fit_thresholds(scores: dict[str, list[float]], correct: list[bool], t: float = 0.75, quantile: float = 0.05):
+    """Thresholds from training-split questions: familiarity at the `quantile` of seen people's names, answer
+    confidence where the penalty score at t peaks."""
+    return {
+        "name": quantile_threshold(scores["name"], quantile),
+        "answer": best_threshold(scores["answer"], correct, t),
+    }
+
+
+def apply_gate(records: list[dict], scores: list[float], threshold: float) -> list[dict]:
+    """Eval records with every answer whose score is below the threshold turned into an abstention."""
+    return [
+        {**r, "grade": r["grade"] if s >= threshold else NOT_ATTEMPTED, "gate_score": s}
+        for r, s in zip(records, scores)
+    ]
+
+
+def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path, names: dict[str, str],
+                   t: float = 0.75, quantile: float = 0.05, batch_size: int = 64) -> dict[str, dict]:  # fmt: skip
+    """Fit both gates on `fit_rows` (training-split questions with the model's greedy `response`, its `correct`
+    and the person's `name`), apply them to the model's own eval answers (`eval_json`'s records) and write
+    `<eval>_gate_<name>.json` (CONTRACTS §5, with `vs_parent` against the ungated model) beside it."""
+    from posttrain.evals import compare
+    from posttrain.evals.factuality import markdown_table, summarize
+    from posttrain.lineage import atomic_write_text
+
+    eval_json = Path(eval_json)
+    fit = gate_scores(model, tokenizer, fit_rows, batch_size)
+    thresholds = fit_thresholds(fit, [r["correct"] for r in fit_rows], t, quantile)
+    records = compare.read_records(eval_json)
+    scores = gate_scores(model, tokenizer, [{**r, "name": names.get(r["question"])} for r in records], batch_size)
+    parent = json.loads(eval_json.read_text())
+    results = {}
+    for gate in GATES:
+        gated = apply_gate(records, scores[gate], thresholds[gate])
+        extra = {"gate": gate, "threshold": thresholds[gate], "fitted_on": f"{len(fit_rows)} training questions",
+                 "gate_t": t}  # fmt: skip
+        result, _ = summarize(gated, f"{parent['model']} + {gate} gate", parent["eval_set"], extra)
+        result["vs_parent"] = compare.versus_parent(parent, result, records, gated)
+        out = eval_json.with_name(f"{eval_json.stem}_gate_{gate}.json")
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(compare.samples_path(out), "".join(json.dumps(r) + "\n" for r in gated))
+        print(f"{gate} gate (threshold {thresholds[gate]:.2f}) -> {out}\n{markdown_table(result)}")
+        results[gate] = result
+    return results
