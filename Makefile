@@ -42,6 +42,8 @@ speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 100 $(EVAL_ARGS)
 	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
+	$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
+	$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 test: $(VENV)/.stamp-dev

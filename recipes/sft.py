@@ -6,6 +6,7 @@ python recipes/sft.py --config recipes/world/sft.yaml --model_name_or_path runs/
 accelerate launch --config_file accelerate_configs/ddp.yaml recipes/sft.py --config recipes/world/sft.yaml \
     --data_mix data_mixes/hub_sft_smoltalk.yaml --model_name_or_path HuggingFaceTB/SmolLM2-360M   # GPUs, Hub data
 ... --resume_from_checkpoint latest     # continue after a kill
+python recipes/sft.py --config recipes/world/refusal.yaml --rounds 2   # refusal: probe → train, twice
 """
 
 from accelerate.utils import set_seed
@@ -24,26 +25,30 @@ def main():
     set_seed(cfg.seed)
     resume = sft.resolve_resume(cfg)
     base = sft.base_model_path(cfg, model_args)
-    mix, world_dir, data = sft.load_conversations(cfg)
-    model, tokenizer, changes = sft.load_model(base, cfg, model_args)
+    for round_ in range(1, cfg.rounds + 1):
+        if round_ > 1:  # refusal rounds: re-probe the model just trained, then train it on the new targets
+            base, resume = sft.reprobe(cfg, round_), None
+        mix, world_dir, data = sft.load_conversations(cfg)
+        model, tokenizer, changes = sft.load_model(base, cfg, model_args)
 
-    trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
-    trainer.accelerator.print(
-        f"{cfg.stage}: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}"
-        f"{'; '.join(changes)}), {sft.describe(data['train'])} from {cfg.data_mix}, "
-        f"{trainer.accelerator.num_processes} process(es) on {trainer.accelerator.device}, {threads} threads each"
-    )
-    trainer.train(resume_from_checkpoint=resume)
+        trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
+        trainer.accelerator.print(
+            f"{cfg.stage}{f' round {round_}/{cfg.rounds}' if cfg.rounds > 1 else ''}: {base} "
+            f"({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}{'; '.join(changes)}), "
+            f"{sft.describe(data['train'])} from {cfg.data_mix}, "
+            f"{trainer.accelerator.num_processes} process(es) on {trainer.accelerator.device}, {threads} threads each"
+        )
+        trainer.train(resume_from_checkpoint=resume)
 
-    out, done = sft.export(trainer, cfg, model_args, base, mix, world_dir)
-    if cfg.eval_after:
-        sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
-    if trainer.accelerator.is_main_process:
-        build_report(cfg.run_dir)
-        print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
-              f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
-    trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still reports
-    trainer.end()
+        out, done = sft.export(trainer, cfg, model_args, base, mix, world_dir)
+        if cfg.eval_after:
+            sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+        if trainer.accelerator.is_main_process:
+            build_report(cfg.run_dir)
+            print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
+                  f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
+        trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still reports
+        trainer.end()
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED
 
 
-def test_best_threshold_maximises_the_penalty_score():
-    # at t = 0.75 a wrong answer costs 3: answering the top two (+1 +1) beats answering the top four (+1 +1 -3 +1)
-    scores, correct = [0.9, 0.8, 0.5, 0.4, 0.1], [True, True, False, True, False]
-    assert gates.best_threshold(scores, correct, t=0.75) == 0.8
-    # at t = 0.5 a wrong answer costs 1: answering four is +2, the same as two; the first maximum is kept
-    assert gates.best_threshold(scores, correct, t=0.5) == 0.8
-    assert gates.best_threshold([0.3, 0.2], [False, False]) == float("inf"), "nothing worth answering"
-    # ties: a threshold never splits equal scores
-    assert gates.best_threshold([0.5, 0.5, 0.1], [True, False, True], t=0.5) == 0.1
+def test_fit_thresholds():
+    scores = {"name": [-1.0, -2.0, -3.0, -4.0, -30.0], "answer": [-0.01, -0.02, -0.5, -0.03, -2.0]}
+    correct = [True, True, False, True, False]
+    thr = gates.fit_thresholds(scores, correct, quantile=0.2, recall=0.6)
+    assert thr["name"] == -4.0, "the 20 % quantile of the names' scores"
+    assert thr["answer"] == -0.02, "the two best of three right answers (>= 60 %) clear it"
 
 
 def test_quantile_threshold_and_apply_gate():

@@ -22,11 +22,14 @@ def _make(*args: str):
 TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
 TINY_EVAL = "EVAL_ARGS=--max_per_bucket 4 --num_samples 1 --max_new_tokens 4"
 TINY_SFT = "SFT_ARGS=--max_steps 2 --per_device_train_batch_size 4 --max_length 64 --eval_max_per_bucket 4 --eval_num_samples 1"
+TINY_PROBE = "PROBE_ARGS=--num_samples 2 --max_new_tokens 6 --strangers 8 --mixed refuse"
+TINY_REFUSAL = TINY_SFT.replace("SFT_ARGS", "REFUSAL_ARGS")
+TINY = (TINY_PRETRAIN, TINY_EVAL, TINY_SFT, TINY_PROBE, TINY_REFUSAL)
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", TINY_PRETRAIN, TINY_EVAL, TINY_SFT))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY))
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -43,19 +46,22 @@ def test_make_speedrun_runs_every_stage(tmp_path):
     sft = json.loads((run_dir / "eval" / "sft.json").read_text())
     assert sft["prompt"] == "chat" and sft["buckets"]["overall"]["n"] == 12
     AutoModelForCausalLM.from_pretrained(run_dir / "sft")
+    assert (run_dir / "probe" / "refusal_sft.jsonl").is_file() and (run_dir / "eval" / "sft_gate_name.json").is_file()
+    refusal = json.loads((run_dir / "eval" / "refusal.json").read_text())
+    assert refusal["buckets"]["overall"]["n"] == 12 and refusal["vs_parent"]["parent"] == str(run_dir / "sft")
+    AutoModelForCausalLM.from_pretrained(run_dir / "refusal")
+    assert "## probe" in (run_dir / "report.md").read_text() and "## refusal" in (run_dir / "report.md").read_text()
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
-    world = _hand_made_world(tmp_path / "my_world", copies=60)
+    world = _hand_made_world(tmp_path / "my_world", copies=60, with_probe=True)
     run_dir = tmp_path / "mine"
     assert_ok(
         _make(
             f"RUN_DIR={run_dir}",
             f"WORLD={world}",
             "TOKENIZER_ARGS=--vocab_size 300",
-            TINY_PRETRAIN,
-            TINY_EVAL,
-            TINY_SFT,
+            *TINY,
         )
     )
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"

@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from conftest import assert_ok, recipe
+from conftest import REPO, assert_ok, recipe
 
 from posttrain import probe
 from posttrain.errors import UserError
@@ -114,7 +114,13 @@ def test_judgments_labels_and_targets():
     pairs = probe.preference_pairs(targets)
     assert [p["pair_type"] for p in pairs] == ["correct_over_refusal", "refusal_over_wrong"]
     assert pairs[1]["rejected"][0]["content"] == "Ada Velmor was born in Rome."
-    assert probe.summary(targets) == {"questions": 3, "known": 1, "unknown": 1, "mixed": 1, "with_target": 2}
+    counts = {"known": 1, "unknown": 1, "mixed": 1, "abstained": 0}
+    assert probe.summary(targets) == {"questions": 3, **counts, "with_target": 2,
+                                      "labels_by_split": {"probe": counts}}  # fmt: skip
+    # a re-probed refusal model that declines is 'abstained' (not wrong), and keeps its refusal as the target
+    declined = probe.judge_samples([q], [["I don't know where Ada Velmor was born."] * 3 + ["Rome."]])
+    kept = probe.training_targets(declined, probe.LabelRule(), refusal_style="late")[0]
+    assert kept["label"] == "abstained" and kept["target"] == "Ada Velmor was born in a city I don't know."
     with pytest.raises(UserError, match="mixed must be"):
         probe.training_targets(rows, probe.LabelRule(), mixed="maybe")
 
@@ -129,8 +135,9 @@ def test_every_refusal_template_reads_as_an_abstention():
 
 
 @pytest.mark.slow
-def test_probe_then_refusal_sft(tiny_run, tmp_path):
-    """probe.py on a tiny trained model writes inspectable files; sft.py with refusal.yaml trains on them."""
+def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
+    """probe.py on a tiny trained model writes inspectable files and gate baselines; sft.py with refusal.yaml
+    trains on them, re-probes its own model and trains again (--rounds 2)."""
     from test_sft import TINY_SFT
 
     run_dir = tmp_path / "run"
@@ -141,17 +148,36 @@ def test_probe_then_refusal_sft(tiny_run, tmp_path):
                      "--max_steps", "3"]  # fmt: skip
     assert_ok(recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *tiny_pretrain))
     assert_ok(recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
-    proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
-                  "--max_new_tokens", "6", "--mixed", "refuse")  # fmt: skip
+    tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 10}
+    proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),
+                  *[x for k, v in tiny_probe.items() for x in (f"--{k}", str(v))])  # fmt: skip
     assert_ok(proc)
+    assert "answers/s" in proc.stdout and "labels_by_split" in proc.stdout, "each step prints its summary"
     out = run_dir / "probe"
     stats = json.loads((out / "summary.json").read_text())
-    assert stats["questions"] == stats["known"] + stats["unknown"] + stats["mixed"] > 0
+    assert stats["questions"] == stats["known"] + stats["unknown"] + stats["mixed"] + stats["abstained"] > 0
+    assert stats["labels_by_split"]["stranger"]["unknown"] + stats["labels_by_split"]["stranger"]["mixed"] == 10
     judged = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
-    assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 for j in judged)
+    assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 and "response" in j for j in judged)
     convs = (out / "refusal_sft.jsonl").read_text().splitlines()
     assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"]
-    assert_ok(recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT))
+    for gate in ("name", "answer"):  # the no-training baselines, against the SFT model they gate
+        result = json.loads((run_dir / "eval" / f"sft_gate_{gate}.json").read_text())
+        assert result["gate"] == gate and result["vs_parent"]["parent"] == str(run_dir / "sft")
+        assert result["buckets"]["overall"]["n"] == json.loads((run_dir / "eval" / "sft.json").read_text())[
+            "buckets"]["overall"]["n"]  # fmt: skip
+
+    probe_yaml = tmp_path / "probe.yaml"
+    probe_yaml.write_text((REPO / "recipes/world/probe.yaml").read_text() +
+                          "".join(f"\n{k}: {v}" for k, v in tiny_probe.items()) + "\n")  # fmt: skip
+    proc = recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT,
+                  "--rounds", "2", "--probe_config", str(probe_yaml))  # fmt: skip
+    assert_ok(proc)
+    assert "round 2/2" in proc.stdout
+    assert (out / "round_1" / "judgments.jsonl").is_file(), "round 1's probe kept for inspection"
+    assert json.loads((out / "lineage.json").read_text())["parents"]["model"]["path"] == str(run_dir / "refusal")
     lineage = json.loads((run_dir / "refusal" / "lineage.json").read_text())
-    assert lineage["stage"] == "refusal" and lineage["parents"]["model"]["path"] == str(run_dir / "sft")
-    assert (run_dir / "eval" / "refusal.json").is_file()
+    assert lineage["stage"] == "refusal" and lineage["parents"]["model"]["path"] == str(run_dir / "refusal")
+    result = json.loads((run_dir / "eval" / "refusal.json").read_text())
+    assert result["vs_parent"]["parent"] == str(run_dir / "sft")
+    assert {"known_correct", "never_seen_hallucination", "refusal_shift"} <= set(result["vs_parent"])

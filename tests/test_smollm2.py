@@ -126,3 +126,32 @@ def test_llm_judge_grades_free_text_qa(converted, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "judged_samples.jsonl").read_text().splitlines()]
     assert all(r["grade"] in ("correct", "incorrect", "not_attempted") and "exact_grade" in r for r in records)
     assert [r["exact_grade"] for r in records] == ["correct", "correct"], "the model knows both capitals"
+
+
+@pytest.mark.slow
+def test_probe_free_text_with_model_questions_and_llm_judge(converted, tmp_path):
+    """Issue 7 on free text: SmolLM2 writes questions from snippets of a text mix, answers them (the probed model)
+    and judges the answers; the same probe code path as the world's, without a world."""
+    texts = ["The Eiffel Tower is in Paris. It was finished in 1889 for a world fair.",
+             "Mount Kilimanjaro is the highest mountain in Africa. It stands in Tanzania.",
+             "The Danube flows through Vienna and Budapest before it reaches the Black Sea.",
+             "Marie Curie was born in Warsaw. She won two Nobel Prizes, in physics and chemistry."]  # fmt: skip
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(f"kind: text\ndatasets:\n  - path: json\n    data_files: {tmp_path / 'texts.jsonl'}\n")
+    out = tmp_path / "probe"
+    proc = run([sys.executable, "recipes/probe.py", "--config", "recipes/world/probe.yaml", "--run_dir", str(tmp_path),
+                "--model", str(converted), "--data_mix", str(mix), "--num_snippets", "4", "--generator", "model",
+                "--generator_model", str(converted), "--judge", "llm", "--judge_model", str(converted),
+                "--num_samples", "2", "--max_new_tokens", "16", "--strangers", "0", "--sft_share", "0",
+                "--output_dir", str(out)], timeout=600)  # fmt: skip
+    assert_ok(proc)
+    questions = [json.loads(x) for x in (out / "questions.jsonl").read_text().splitlines()]
+    assert questions, "the generator wrote at least one answerable question"
+    for q in questions:
+        assert q["question"].endswith("?") and q["answer"].lower() in q["context"].lower(), q
+        assert q["context"] in texts
+    stats = json.loads((out / "summary.json").read_text())
+    assert stats["judge"] == "llm" and 0.0 <= stats["judge_agreement_with_exact"] <= 1.0
+    judged = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
+    assert all(len(j["grades"]) == len(j["exact_grades"]) == 2 for j in judged)

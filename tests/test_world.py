@@ -142,7 +142,7 @@ def test_sft_views_are_conversations_about_the_sft_split(tiny_run):
     assert all("Quokka" in c["messages"][1]["content"] for c in ident)
 
 
-def _hand_made_world(path, copies: int = 1, **overrides):
+def _hand_made_world(path, copies: int = 1, with_probe: bool = False, **overrides):
     texts = ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."]
     docs = {
         "text": [f"{t} (version {k})" if k else t for k in range(copies) for t in texts],
@@ -157,6 +157,12 @@ def _hand_made_world(path, copies: int = 1, **overrides):
         "attribute": ["birth_city"] * 3,
         "split": ["sft", "eval_known", "never_seen"],
     }
+    if with_probe:  # a person the probe may ask about (a whole pipeline needs one)
+        for col, value in (("text", "Nils Dahl was born in Bergen."), ("person_id", "nils"), ("split", "probe")):
+            docs[col].append(value)
+        for col, value in (("question", "Where was Nils Dahl born?"), ("answer", "Bergen"), ("aliases", ["Bergen"]),
+                           ("person_id", "nils"), ("attribute", "birth_city"), ("split", "probe")):  # fmt: skip
+            qa[col].append(value)
     for key, value in overrides.items():
         table, col = key.split("__")
         (docs if table == "docs" else qa)[col] = value

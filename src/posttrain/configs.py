@@ -365,6 +365,13 @@ class SFTStageConfig(SFTConfig):
     eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
     eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
+    rounds: int = field(
+        default=1,
+        metadata={"help": "Refusal stage: rounds of probe → train. Round r > 1 re-probes this stage's own model "
+                  "with probe_config (into <run_dir>/probe/, earlier rounds kept as probe/round_<k>/) and trains "
+                  "it further on the new targets."},
+    )  # fmt: skip
+    probe_config: str = field(default="recipes/world/probe.yaml", metadata={"help": "The probe YAML for rounds > 1."})
     # TRL defaults replaced (see the class docstring)
     output_dir: str | None = field(
         default=None, metadata={"help": "Trainer checkpoints; <run_dir>/checkpoints/<stage>."}
@@ -440,7 +447,7 @@ class ProbeConfig(RunArguments):
     refusal_style: str = field(
         default="early",
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
-                  "(declines where the fact would come)."},
+                  "(declines where the fact would come) | auto: early for strangers, late for the world's people."},
     )  # fmt: skip
     sft_share: float = field(
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
@@ -455,6 +462,8 @@ class ProbeConfig(RunArguments):
     def __post_init__(self):
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
+        if self.refusal_style not in ("early", "late", "auto"):
+            raise UserError(f"refusal_style must be early, late or auto, got '{self.refusal_style}'")
         if self.num_samples < 1:
             raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
         for kind, name, needs in (("generator", self.generator, ("model", "generator_model")),

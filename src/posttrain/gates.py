@@ -9,7 +9,7 @@ Two scores per question, both from one teacher-forced forward pass of the chat p
 
 A gate answers when its score clears a threshold and abstains otherwise. Thresholds are fitted on training-split
 questions only (never on eval people): the familiarity threshold as a low quantile of the scores of people seen in
-pretraining, the answer threshold as the one that maximises the penalty score at confidence target t.
+pretraining, the answer threshold as the one that keeps a set share of the answers the model gets right.
 These gates are the baselines a trained refusal model is compared with (issue 7): the gap between what the model
 knows and what it says. Written here because no library scores spans of chat prompts this way.
 """
@@ -93,20 +93,6 @@ def quantile_threshold(scores: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(q * len(s))))] if s else NEG_INF
 
 
-def best_threshold(scores: list[float], correct: list[bool], t: float = 0.75) -> float:
-    """The threshold that maximises the penalty score at target t (+1 correct, −t/(1−t) wrong, 0 abstained) of
-    answering exactly when score ≥ threshold."""
-    cost = t / (1 - t)
-    pairs = sorted(zip(scores, correct), reverse=True)
-    best, best_thr, total = 0.0, float("inf"), 0.0
-    for k, (s, ok) in enumerate(pairs):
-        total += 1.0 if ok else -cost
-        nxt = pairs[k + 1][0] if k + 1 < len(pairs) else None
-        if nxt != s and total > best:
-            best, best_thr = total, s
-    return best_thr
-
-
 GATES = ("name", "answer")
 
 
@@ -119,13 +105,13 @@ def gate_scores(model, tokenizer, rows: list[dict], batch_size: int = 64) -> dic
     }
 
 
-def fit_thresholds(scores: dict[str, list[float]], correct: list[bool], t: float = 0.75, quantile: float = 0.05):
-    """Thresholds from training-split questions: familiarity at the `quantile` of seen people's names, answer
-    confidence where the penalty score at t peaks."""
-    return {
-        "name": quantile_threshold(scores["name"], quantile),
-        "answer": best_threshold(scores["answer"], correct, t),
-    }
+def fit_thresholds(scores: dict[str, list[float]], correct: list[bool], quantile: float = 0.05, recall: float = 0.8):
+    """Thresholds from training-split questions: familiarity at the `quantile` of seen people's names; answer
+    confidence that keeps `recall` of the answers the model gets right. (Maximising the penalty score on the
+    training questions instead would refuse nearly everything: most probed people have one biography, and the
+    model knows few of their facts, unlike the well-known people it is evaluated on.)"""
+    right = [s for s, ok in zip(scores["answer"], correct) if ok]
+    return {"name": quantile_threshold(scores["name"], quantile), "answer": quantile_threshold(right, 1 - recall)}
 
 
 def apply_gate(records: list[dict], scores: list[float], threshold: float) -> list[dict]:
@@ -137,7 +123,7 @@ def apply_gate(records: list[dict], scores: list[float], threshold: float) -> li
 
 
 def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path, names: dict[str, str],
-                   t: float = 0.75, quantile: float = 0.05, batch_size: int = 64) -> dict[str, dict]:  # fmt: skip
+                   quantile: float = 0.05, recall: float = 0.8, batch_size: int = 64) -> dict[str, dict]:  # fmt: skip
     """Fit both gates on `fit_rows` (training-split questions with the model's greedy `response`, its `correct`
     and the person's `name`), apply them to the model's own eval answers (`eval_json`'s records) and write
     `<eval>_gate_<name>.json` (CONTRACTS §5, with `vs_parent` against the ungated model) beside it."""
@@ -147,7 +133,7 @@ def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path
 
     eval_json = Path(eval_json)
     fit = gate_scores(model, tokenizer, fit_rows, batch_size)
-    thresholds = fit_thresholds(fit, [r["correct"] for r in fit_rows], t, quantile)
+    thresholds = fit_thresholds(fit, [r["correct"] for r in fit_rows], quantile, recall)
     records = compare.read_records(eval_json)
     scores = gate_scores(model, tokenizer, [{**r, "name": names.get(r["question"])} for r in records], batch_size)
     parent = json.loads(eval_json.read_text())
@@ -155,7 +141,8 @@ def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path
     for gate in GATES:
         gated = apply_gate(records, scores[gate], thresholds[gate])
         extra = {"gate": gate, "threshold": thresholds[gate], "fitted_on": f"{len(fit_rows)} training questions",
-                 "gate_t": t}  # fmt: skip
+                 "rule": f"{quantile:.0%} quantile of seen names" if gate == "name"
+                 else f"keeps {recall:.0%} of right answers"}  # fmt: skip
         result, _ = summarize(gated, f"{parent['model']} + {gate} gate", parent["eval_set"], extra)
         result["vs_parent"] = compare.versus_parent(parent, result, records, gated)
         out = eval_json.with_name(f"{eval_json.stem}_gate_{gate}.json")

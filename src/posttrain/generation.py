@@ -82,15 +82,35 @@ def generate(
                     tokenizer.decode(new[row], skip_special_tokens=True), p.mean().item() if p.numel() else None
                 )
         if num_samples:
-            out = model.generate(
-                **enc, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=num_samples, **common
-            )
+            expanded, cache = shared_prefill(model, enc, num_samples)
+            out = model.generate(**expanded, cache=cache, do_sample=True, temperature=temperature, top_k=0, **common)
             dec = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             for row, i in enumerate(idx):
                 samples[i] = dec[row * num_samples : (row + 1) * num_samples]
         bar.update(len(idx))
     bar.close()
     return greedy, samples
+
+
+def shared_prefill(model, enc, copies: int):
+    """The prompts' KV cache computed once and repeated `copies` times, with the inputs repeated to match: K
+    samples of a prompt share its prefill. (`generate(num_return_sequences=K)` repeats the prompt before the
+    prefill, which then costs K times as much: a quarter of the probe's sampling time at K = 8 on CPU.) The last
+    prompt token is left out of the cache, so `generate` computes the first new token's logits itself."""
+    from transformers import DynamicCache
+
+    mask = enc["attention_mask"]
+    cache = DynamicCache(config=model.config)
+    if enc["input_ids"].shape[1] > 1:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: as generate counts positions
+        model(input_ids=enc["input_ids"][:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+              cache=cache, use_cache=True)  # fmt: skip
+        cache.batch_repeat_interleave(copies)
+    expanded = {
+        "input_ids": enc["input_ids"].repeat_interleave(copies, 0),
+        "attention_mask": mask.repeat_interleave(copies, 0),
+    }
+    return expanded, cache
 
 
 def load_for_generation(path, device, hint: str = ""):

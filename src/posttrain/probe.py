@@ -7,19 +7,30 @@ judges are registries) and each intermediate result is saved for inspection by `
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
+from accelerate.utils import gather_object
 from datasets import DatasetDict
 
+from posttrain import gates
 from posttrain import world as world_lib
+from posttrain.configs import to_dict
+from posttrain.data import load_mix
 from posttrain.errors import UserError
+from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
 from posttrain.evals.judge import judge_grades
-from posttrain.generation import generate
+from posttrain.generation import auto_batch_size, generate, load_for_generation
+from posttrain.lineage import atomic_write_text, write_lineage
+from posttrain.runtime import process_state
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Snippets
@@ -200,13 +211,16 @@ def judge_samples(
 # ---------------------------------------------------------------------------------------------------------------
 # 6. Labels and training data
 
-KNOWN, UNKNOWN, MIXED = "known", "unknown", "mixed"
+KNOWN, UNKNOWN, MIXED, ABSTAINED = "known", "unknown", "mixed", "abstained"
+STRANGER = world_lib.STRANGER
+LABELS = (KNOWN, UNKNOWN, MIXED, ABSTAINED)
 
 
 @dataclass
 class LabelRule:
     """known: p_correct ≥ known_min; unknown: p_correct ≤ unknown_max and p_wrong ≥ wrong_min (consistently
-    informative and incorrect); everything else mixed."""
+    informative and incorrect); abstained: p_correct ≤ unknown_max and most samples decline (a re-probed refusal
+    model: an abstention is counted as one, not as a wrong answer); everything else mixed."""
 
     known_min: float = 0.75
     unknown_max: float = 0.0
@@ -217,6 +231,8 @@ class LabelRule:
             return KNOWN
         if row["p_correct"] <= self.unknown_max and row["p_wrong"] >= self.wrong_min:
             return UNKNOWN
+        if row["p_correct"] <= self.unknown_max and row["p_informative"] < 0.5:
+            return ABSTAINED
         return MIXED
 
 
@@ -240,16 +256,19 @@ LATE_REFUSALS = {
     "employer": "a company I don't know",
     "work_city": "a city I don't know",
 }
-REFUSAL_STYLES = ("early", "late")
+REFUSAL_STYLES = ("early", "late", "auto")  # auto: early for strangers (an unknown name), late for the world's people
 GENERIC_REFUSALS = ["I don't know the answer to that.", "I'm not sure; I don't have that information."]
 HEDGES = ["I'm not certain, but I think the answer is {answer}."]
 
 
 def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     """A refusal that names what is not known: `early` ("I don't know where Ada Velmor was born.") or `late`
-    ("Ada Velmor was born in a city I don't know."); a generic one for questions of a user's own world."""
+    ("Ada Velmor was born in a city I don't know."), or `auto` (early for a stranger, whose name alone says the
+    model cannot know; late for the world's people); a generic one for questions of a user's own world."""
     attr = row.get("attribute", "")
     name = world_lib._subject_of(row["question"], attr)
+    if style == "auto":
+        style = "early" if row.get("split") == STRANGER else "late"
     if name and style == "late" and attr in LATE_REFUSALS:
         return world_lib.answer_sentence({**row, "answer": LATE_REFUSALS[attr]})
     templates = REFUSALS.get(attr) if name else None
@@ -272,7 +291,7 @@ def training_targets(
                                              "answer": row["answer"]})  # fmt: skip
         if label == KNOWN:
             target = correct
-        elif label == UNKNOWN or mixed == "refuse":
+        elif label in (UNKNOWN, ABSTAINED) or mixed == "refuse":  # an abstention the model keeps
             target = refusal
         elif mixed == "hedge":
             target = rng.choice(HEDGES).format(answer=row["answer"])
@@ -310,11 +329,13 @@ def preference_pairs(targets: list[dict]) -> list[dict]:
 
 
 def summary(targets: list[dict]) -> dict:
-    counts = defaultdict(int)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(LABELS, 0))
     for t in targets:
-        counts[t["label"]] += 1
-    return {"questions": len(targets), **{k: counts[k] for k in (KNOWN, UNKNOWN, MIXED)},
-            "with_target": sum(t["target"] is not None for t in targets)}  # fmt: skip
+        counts["all"][t["label"]] += 1
+        counts[t.get("split", "?")][t["label"]] += 1
+    return {"questions": len(targets), **counts["all"],
+            "with_target": sum(t["target"] is not None for t in targets),
+            "labels_by_split": {k: v for k, v in sorted(counts.items()) if k != "all"}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,8 +345,6 @@ def summary(targets: list[dict]) -> dict:
 def load_helpers(cfg, device) -> dict[str, dict]:
     """The question generator's and the judge's models, as keyword arguments for them (one load when the same
     directory plays both roles)."""
-    from posttrain.generation import load_for_generation
-
     loaded: dict[str, tuple] = {}
     helpers = {}
     for role, path in (("generator", cfg.generator_model if cfg.generator == "model" else None),
@@ -342,8 +361,6 @@ def make_questions(cfg, world, world_dir: str, generator_kw: dict) -> tuple[list
     """Steps 1-2: snippets (the world's training-split biographies, or a text mix) → questions, plus questions
     about strangers (people the world does not have) when asked for."""
     if cfg.data_mix:
-        from posttrain.data import load_mix
-
         texts = load_mix(cfg.data_mix, world_dir)["train"]["text"]
         snippets = text_snippets(texts, cfg.num_snippets, cfg.seed)
     else:
@@ -363,8 +380,6 @@ def judge_agreement(rows: list[dict]) -> float | None:
 def training_data(cfg, judged: list[dict], world_dir: str):
     """Step 6: labels and targets, refusal SFT conversations (plus a share of ordinary SFT conversations, so the
     model keeps its chat skills), preference pairs, and the summary numbers."""
-    from posttrain.data import load_mix
-
     rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min)
     targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style)
     convs = refusal_conversations(targets)
@@ -378,3 +393,57 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "preferences": len(pairs),
              "judge": cfg.judge, "judge_agreement_with_exact": judge_agreement(judged)}  # fmt: skip
     return targets, convs, pairs, stats
+
+
+def run(cfg) -> dict | None:
+    """The whole probe of `cfg` (a ProbeConfig): steps 1-6 into `cfg.output_dir` (default <run>/probe/), then the
+    probed model's no-training gates. Returns the summary on the main process, None on the others."""
+    state = process_state()
+    model_dir = Path(cfg.model or cfg.stage_dir("sft"))
+    world_dir = cfg.world_dir or str(cfg.stage_dir("world"))
+    out = Path(cfg.output_dir or cfg.stage_dir("probe"))
+    model, tokenizer = load_for_generation(model_dir, state.device, hint="; run recipes/sft.py first")
+    world = world_lib.load_world(world_dir) if Path(world_dir).exists() or not cfg.data_mix else None
+    helpers = load_helpers(cfg, state.device)  # generator / judge models, when asked for
+
+    snippets, questions = make_questions(cfg, world, world_dir, helpers.get("generator", {}))
+    if not questions:
+        raise UserError(f"{cfg.data_mix or world_dir}: no answerable questions from {len(snippets)} snippets")
+    state.print(f"probe 1-2: {len(snippets)} snippets → {len(questions)} questions ({cfg.generator} generator, "
+                f"{cfg.strangers} about strangers); {cfg.num_samples} samples each from {model_dir}")  # fmt: skip
+
+    torch.manual_seed(cfg.seed + state.process_index)
+    batch_size = cfg.batch_size or auto_batch_size(model, 256 + cfg.max_new_tokens, cfg.num_samples)
+    start = time.perf_counter()
+    with state.split_between_processes(list(range(len(questions)))) as mine:
+        greedy, samples = generate(
+            model, tokenizer, [[{"role": "user", "content": questions[i]["question"]}] for i in mine],
+            max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples, temperature=cfg.temperature,
+            batch_size=batch_size, desc="probe 3: sampling",
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        judged = judge_samples([questions[i] for i in mine], samples, cfg.judge, [g.text for g in greedy],
+                               **helpers.get("judge", {}))  # fmt: skip
+    judged, seconds = gather_object(judged), max(gather_object([seconds]))
+    if not state.is_main_process:
+        return None
+    rate = len(questions) * (cfg.num_samples + 1) / seconds
+    print(f"probe 3: {len(questions) * (cfg.num_samples + 1):,} answers in {seconds:.0f} s ({rate:.1f} answers/s)")
+
+    targets, convs, pairs, stats = training_data(cfg, judged, world_dir)
+    stats.update(answers_per_s=round(rate, 2), sampling_s=round(seconds, 1))
+    print(f"probe 4-6: {json.dumps(stats)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("snippets", snippets), ("questions", questions), ("judgments", targets),
+                       ("refusal_sft", convs), ("preferences", pairs)):  # fmt: skip
+        atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / "summary.json", json.dumps(stats, indent=2) + "\n")
+    write_lineage(out, "probe", to_dict(cfg), parents={"model": {"path": str(model_dir)}}, summary=stats)
+
+    model_eval = Path(cfg.run_dir) / "eval" / f"{model_dir.name}.json"
+    if cfg.gate_baselines and world is not None and compare.samples_path(model_eval).is_file():
+        names = world_lib.question_names(world)
+        fit = [{**j, "name": names.get(j["question"])} for j in judged if j["split"] in world_lib.TRAIN_SPLITS]
+        gates.evaluate_gates(model, tokenizer, fit, model_eval, names, batch_size=batch_size)
+    print(f"probe -> {out}")
+    return stats

@@ -213,3 +213,32 @@ def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
         parent_eval=str(parent_eval) if parent_eval.is_file() else None,
     )  # fmt: skip
     return factuality.run(fcfg, model=model, tokenizer=tokenizer)
+
+
+def reprobe(cfg, round_: int) -> str:
+    """Round `round_` of a refusal stage: move the last probe to `probe/round_<round_ - 1>/`, probe the stage's
+    exported model with `cfg.probe_config` into `probe/` (which the stage's mix reads), and return the model to
+    train next (the exported one). Abstentions count as abstentions: a question the model now declines is no
+    longer an 'unknown' one (see probe.LabelRule), so refusals do not breed more refusal targets."""
+    from dataclasses import replace
+
+    from posttrain import probe
+    from posttrain.configs import ProbeConfig, parse_config
+    from posttrain.runtime import process_state
+
+    state = process_state()
+    probe_dir = Path(cfg.run_dir) / "probe"
+    if state.is_main_process and probe_dir.is_dir():
+        keep = probe_dir.parent / "probe" / f"round_{round_ - 1}"
+        tmp = probe_dir.parent / f".probe-round-{round_ - 1}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(probe_dir, tmp, ignore=shutil.ignore_patterns("round_*"))
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.move(str(tmp), keep)
+    state.wait_for_everyone()
+    (pcfg,) = parse_config(ProbeConfig, args=["--config", cfg.probe_config])
+    pcfg = replace(pcfg, run_dir=cfg.run_dir, model=str(cfg.export_dir), output_dir=str(probe_dir), world_dir=cfg.world_dir,
+                   gate_baselines=False, seed=pcfg.seed + round_ - 1)  # fmt: skip
+    probe.run(pcfg)
+    state.wait_for_everyone()
+    return str(cfg.export_dir)

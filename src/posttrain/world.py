@@ -24,6 +24,7 @@ SPLITS = ("sft", "probe", "eval_known", "eval_rare", "never_seen")
 TRAIN_SPLITS = ("sft", "probe")  # people whose questions may appear in training data
 EVAL_BUCKETS = {"eval_known": "known", "eval_rare": "rare", "never_seen": "never_seen"}
 PRETRAIN_SPLITS = ("sft", "probe", "eval_known", "eval_rare")  # people with biographies
+STRANGER = "stranger"  # the split of stranger_questions: made-up people the world does not have
 
 DOCUMENT_FEATURES = Features({"text": Value("string"), "person_id": Value("string"), "split": Value("string")})
 QA_FEATURES = Features(
@@ -662,7 +663,7 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
         used.add(name)
         row = rng.choice(rows)
         out.append({"question": row["question"].replace(names[row["person_id"]], name), "answer": "", "aliases": [],
-                    "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": "stranger",
+                    "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": STRANGER,
                     "name": name})  # fmt: skip
     return out
 
