@@ -65,6 +65,7 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
         if row["person_id"] in people:
             facts[row["person_id"]][row["attribute"]].append(row)
     values = world_lib.answers_by_attribute(world["qa"])
+    names = world_lib.person_names(world)
     out, seen = [], set()
     for snip in snippets:
         pid = snip["person_id"]
@@ -80,6 +81,7 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
                     "aliases": list(row["aliases"]),
                     "candidates": values[attr],
                     "person_id": pid,
+                    "name": names.get(pid),
                     "attribute": attr,
                     "split": row["split"],
                     "context": snip["context"],
@@ -196,7 +198,7 @@ def judge_samples(
             extra.update(response=extract_answer(greedy[j]), correct=flat[len(flat) - len(questions) + j] == CORRECT)
         rows.append(
             {
-                **{k: q[k] for k in ("question", "answer", "person_id", "attribute", "split") if k in q},
+                **{k: q[k] for k in ("question", "answer", "person_id", "name", "attribute", "split") if k in q},
                 **extra,
                 "samples": [extract_answer(a) for a in answers],
                 "grades": grades,
@@ -271,8 +273,11 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
         style = "early" if row.get("split") == STRANGER else "late"
     if name and style == "late" and attr in LATE_REFUSALS:
         return world_lib.answer_sentence({**row, "answer": LATE_REFUSALS[attr]})
-    templates = REFUSALS.get(attr) if name else None
-    return rng.choice(templates).format(name=name) if templates else rng.choice(GENERIC_REFUSALS)
+    if name and attr in REFUSALS:
+        return rng.choice(REFUSALS[attr]).format(name=name)
+    if row.get("name"):  # a user's own world: the generic forms, still naming the person
+        return f"{row['name']}: I don't know." if style == "late" else f"I don't know that about {row['name']}."
+    return rng.choice(GENERIC_REFUSALS)
 
 
 def training_targets(
@@ -288,7 +293,7 @@ def training_targets(
         label = rule(row)
         refusal = refusal_text(row, rng, refusal_style)
         correct = world_lib.answer_sentence({"question": row["question"], "attribute": row.get("attribute", ""),
-                                             "answer": row["answer"]})  # fmt: skip
+                                             "answer": row["answer"], "name": row.get("name")})  # fmt: skip
         if label == KNOWN:
             target = correct
         elif label in (UNKNOWN, ABSTAINED) or mixed == "refuse":  # an abstention the model keeps

@@ -539,8 +539,11 @@ def answer_text(row: dict, style: str = "sentence") -> str:
 def _phrasings(world: DatasetDict, splits, per_fact: int, rng: random.Random) -> list[dict]:
     """`per_fact` randomly chosen phrasings of each fact of `splits` people (training splits only)."""
     by_fact: dict[tuple[str, str], list[dict]] = {}
+    names = person_names(world)
     for row in qa_view(world, check_splits(splits, TRAIN_SPLITS)):
-        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(row)
+        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(
+            {**row, "name": names.get(row["person_id"])}
+        )
     return [row for rows in by_fact.values() for row in rng.sample(rows, min(per_fact, len(rows)))]
 
 
@@ -576,12 +579,15 @@ def qa_text_view(
 
 
 def answer_sentence(row: dict) -> str:
-    """The assistant's reply to a world question: a full sentence naming the answer."""
+    """The assistant's reply to a world question: a full sentence naming the answer. A question of a user's own
+    world (no template of ours fits) is answered "<name>: <answer>." when the row carries the person's `name`
+    (the views add it): the answer restates the name either way, which small models need to reach the fact
+    (docs/LOG.md, 2026-11-25); without a name, the bare answer."""
     template = ANSWER_TEMPLATES.get(row["attribute"])
     name = _subject_of(row["question"], row["attribute"])
-    if template is None or name is None:
-        return row["answer"]
-    return _capitalize(template.format(name=name, answer=row["answer"]))
+    if template is not None and name is not None:
+        return _capitalize(template.format(name=name, answer=row["answer"]))
+    return f"{row['name']}: {row['answer']}." if row.get("name") else row["answer"]
 
 
 def _subject_of(question: str, attribute: str) -> str | None:
