@@ -13,23 +13,17 @@ import argparse
 import json
 import time
 
-import torch
-from _common import random_world_model  # bench/_common.py (scripts run from bench/)
+from _common import add_common_args, random_world_model  # bench/_common.py (scripts run from bench/)
 
 from posttrain.generation import generate
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max_new_tokens", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    add_common_args(p, max_new_tokens=16)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tok, questions = random_world_model(args.questions)
-    prompts = [[{"role": "user", "content": q}] for q in questions]
+    model, tok, prompts = random_world_model(args)
     kw = {"max_new_tokens": args.max_new_tokens, "desc": "bench"}
     generate(model, tok, prompts[:4], batch_size=4, **kw)  # warm-up
     batched, single = [], []
