@@ -43,6 +43,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     return lines[0]
 
 
+def random_base(tiny_run: Path, run_dir: Path) -> Path:
+    """`run_dir` with the tiny world and tokenizer linked in and a randomly initialised 1-layer Llama saved as its
+    pretrain output (what SFT, probe and refusal tests start from, without running pretraining)."""
+    from transformers import AutoTokenizer
+
+    from posttrain.modeling import init_model, preset
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("world", "tokenizer"):
+        (run_dir / name).symlink_to(tiny_run / name)
+    tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
+    config = preset(1, len(tok), 64, bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id,
+                    pad_token_id=tok.pad_token_id)  # fmt: skip
+    init_model(config, 0, "sdpa").save_pretrained(run_dir / "pretrain")
+    tok.save_pretrained(run_dir / "pretrain")
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """runs/<tmp>/ with a tiny world and its tokenizer, made by the recipes."""

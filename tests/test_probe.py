@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from conftest import REPO, assert_ok, recipe
+from conftest import REPO, assert_ok, random_base, recipe
 
 from posttrain import probe
 from posttrain.errors import UserError
@@ -140,13 +140,7 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     trains on them, re-probes its own model and trains again (--rounds 2)."""
     from test_sft import TINY_SFT
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for name in ("world", "tokenizer"):
-        (run_dir / name).symlink_to(tiny_run / name)
-    tiny_pretrain = ["--depth", "1", "--seq_len", "64", "--per_device_batch_size", "4", "--global_batch_tokens", "256",
-                     "--max_steps", "3"]  # fmt: skip
-    assert_ok(recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *tiny_pretrain))
+    run_dir = random_base(tiny_run, tmp_path / "run")
     assert_ok(recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
     tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 10}
     proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),

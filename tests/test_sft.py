@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, recipe, run
+from conftest import REPO, assert_ok, random_base, recipe, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -19,7 +19,6 @@ from posttrain import world as W
 from posttrain.chat import end_of_turn_id, prepare_chat
 from posttrain.data import load_mix
 from posttrain.errors import UserError
-from posttrain.modeling import init_model, preset
 from posttrain.world import EVAL_BUCKETS, load_world
 
 TINY_SFT = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--max_length", "64", "--logging_steps", "1",
@@ -29,15 +28,7 @@ TINY_SFT = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--max_len
 @pytest.fixture(scope="module")
 def base(tiny_run, tmp_path_factory) -> Path:
     """A randomly initialised Llama saved as the run's pretrain output, with the run's tokenizer."""
-    run_dir = tmp_path_factory.mktemp("sftrun")
-    for name in ("world", "tokenizer"):
-        (run_dir / name).symlink_to(tiny_run / name)
-    tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
-    config = preset(1, len(tok), 64, bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id,
-                    pad_token_id=tok.pad_token_id)  # fmt: skip
-    init_model(config, 0, "sdpa").save_pretrained(run_dir / "pretrain")
-    tok.save_pretrained(run_dir / "pretrain")
-    return run_dir
+    return random_base(tiny_run, tmp_path_factory.mktemp("sftrun"))
 
 
 def _conversations() -> list[dict]:
