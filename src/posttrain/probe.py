@@ -61,11 +61,9 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
     rng = random.Random(f"{seed}-questions")
     people = {s["person_id"] for s in snippets}
     facts: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))  # person → attribute → rows
-    for row in world["qa"]:
-        if row["person_id"] in people:
-            facts[row["person_id"]][row["attribute"]].append(row)
+    for row in world_lib.annotate(world, [r for r in world["qa"] if r["person_id"] in people]):
+        facts[row["person_id"]][row["attribute"]].append(row)
     values = world_lib.answers_by_attribute(world["qa"])
-    names = world_lib.person_names(world)
     out, seen = [], set()
     for snip in snippets:
         pid = snip["person_id"]
@@ -81,7 +79,8 @@ def world_questions(snippets: list[dict], world: DatasetDict, seed: int = 0, **_
                     "aliases": list(row["aliases"]),
                     "candidates": values[attr],
                     "person_id": pid,
-                    "name": names.get(pid),
+                    "name": row["name"],
+                    "sentence": row["sentence"],
                     "attribute": attr,
                     "split": row["split"],
                     "context": snip["context"],
@@ -198,7 +197,11 @@ def judge_samples(
             extra.update(response=extract_answer(greedy[j]), correct=flat[len(flat) - len(questions) + j] == CORRECT)
         rows.append(
             {
-                **{k: q[k] for k in ("question", "answer", "person_id", "name", "attribute", "split") if k in q},
+                **{
+                    k: q[k]
+                    for k in ("question", "answer", "person_id", "name", "sentence", "fact", "attribute", "split")
+                    if k in q
+                },
                 **extra,
                 "samples": [extract_answer(a) for a in answers],
                 "grades": grades,
@@ -275,7 +278,10 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
         return world_lib.answer_sentence({**row, "answer": LATE_REFUSALS[attr]})
     if name and attr in REFUSALS:
         return rng.choice(REFUSALS[attr]).format(name=name)
-    if row.get("name"):  # a user's own world: the generic forms, still naming the person
+    sentence, fact = row.get("sentence"), row.get("answer") or row.get("fact")
+    if style == "late" and sentence and fact and fact in sentence:  # a user's world: its own phrasing, cut short
+        return sentence[: sentence.index(fact)].rstrip() + "... I don't know."
+    if row.get("name"):  # a user's own world without that sentence: generic forms, still naming the person
         return f"{row['name']}: I don't know." if style == "late" else f"I don't know that about {row['name']}."
     return rng.choice(GENERIC_REFUSALS)
 
@@ -293,7 +299,8 @@ def training_targets(
         label = rule(row)
         refusal = refusal_text(row, rng, refusal_style)
         correct = world_lib.answer_sentence({"question": row["question"], "attribute": row.get("attribute", ""),
-                                             "answer": row["answer"], "name": row.get("name")})  # fmt: skip
+                                             "answer": row["answer"], "name": row.get("name"),
+                                             "sentence": row.get("sentence")})  # fmt: skip
         if label == KNOWN:
             target = correct
         elif label in (UNKNOWN, ABSTAINED) or mixed == "refuse":  # an abstention the model keeps

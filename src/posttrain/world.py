@@ -539,11 +539,8 @@ def answer_text(row: dict, style: str = "sentence") -> str:
 def _phrasings(world: DatasetDict, splits, per_fact: int, rng: random.Random) -> list[dict]:
     """`per_fact` randomly chosen phrasings of each fact of `splits` people (training splits only)."""
     by_fact: dict[tuple[str, str], list[dict]] = {}
-    names = person_names(world)
-    for row in qa_view(world, check_splits(splits, TRAIN_SPLITS)):
-        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(
-            {**row, "name": names.get(row["person_id"])}
-        )
+    for row in annotate(world, list(qa_view(world, check_splits(splits, TRAIN_SPLITS)))):
+        by_fact.setdefault((row["person_id"], row["attribute"]), []).append(row)
     return [row for rows in by_fact.values() for row in rng.sample(rows, min(per_fact, len(rows)))]
 
 
@@ -580,14 +577,45 @@ def qa_text_view(
 
 def answer_sentence(row: dict) -> str:
     """The assistant's reply to a world question: a full sentence naming the answer. A question of a user's own
-    world (no template of ours fits) is answered "<name>: <answer>." when the row carries the person's `name`
-    (the views add it): the answer restates the name either way, which small models need to reach the fact
-    (docs/LOG.md, 2026-11-25); without a name, the bare answer."""
+    world (no template of ours fits) is answered with the sentence of the person's own biography that states the
+    fact, when the row carries it (`sentence`, added by `annotate`), else "<name>: <answer>." when it carries the
+    `name`: the answer restates the name as the biographies do, which small models need to reach the fact
+    (docs/LOG.md, 2026-11-25); with neither, the bare answer."""
     template = ANSWER_TEMPLATES.get(row["attribute"])
     name = _subject_of(row["question"], row["attribute"])
     if template is not None and name is not None:
         return _capitalize(template.format(name=name, answer=row["answer"]))
+    if row.get("sentence") and row["answer"] and row["answer"] in row["sentence"]:
+        return row["sentence"]
     return f"{row['name']}: {row['answer']}." if row.get("name") else row["answer"]
+
+
+def fact_sentences(world: DatasetDict, names: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(person_id, attribute) → the first sentence of a training-split person's biographies that names them and
+    states that fact: how the world itself phrases it. Only attributes without a template of ours."""
+    answers: dict[str, list[tuple[str, str]]] = {}
+    for pid, attr, ans, split in zip(*(world["qa"][c] for c in ("person_id", "attribute", "answer", "split"))):
+        if split in TRAIN_SPLITS and attr not in ANSWER_TEMPLATES and (attr, ans) not in answers.get(pid, []):
+            answers.setdefault(pid, []).append((attr, ans))
+    out: dict[tuple[str, str], str] = {}
+    if not answers:
+        return out
+    for pid, text in zip(world["documents"]["person_id"], world["documents"]["text"]):
+        name = names.get(pid)
+        for sentence in re.split(r"(?<=[.!?])\s+", text) if name and pid in answers else ():
+            for attr, ans in answers[pid]:
+                if (pid, attr) not in out and name in sentence and ans in sentence.replace(name, ""):
+                    out[(pid, attr)] = sentence.strip()
+    return out
+
+
+def annotate(world: DatasetDict, rows: list[dict]) -> list[dict]:
+    """QA rows with the person's `name` and (for a user's own attributes) the biography `sentence` stating the
+    fact, which `answer_sentence` and refusals phrase their replies with."""
+    names = person_names(world)
+    sentences = fact_sentences(world, names)
+    return [{**r, "name": names.get(r["person_id"]), "sentence": sentences.get((r["person_id"], r["attribute"]))}
+            for r in rows]  # fmt: skip
 
 
 def _subject_of(question: str, attribute: str) -> str | None:
@@ -658,7 +686,8 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
         raise UserError(f"the world's names recombine into fewer than {n} new names; ask for fewer strangers")
     rng = random.Random(f"{seed}-strangers")
     keep = set(check_splits(splits, TRAIN_SPLITS))
-    rows = [r for r in world["qa"] if r["split"] in keep and names.get(r["person_id"], "") in r["question"]]
+    rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep])
+            if r["name"] and r["name"] in r["question"]]  # fmt: skip
     if not rows:
         return []
     out, used = [], set()
@@ -668,9 +697,10 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
             continue
         used.add(name)
         row = rng.choice(rows)
-        out.append({"question": row["question"].replace(names[row["person_id"]], name), "answer": "", "aliases": [],
+        sentence = row["sentence"].replace(row["name"], name) if row["sentence"] else None
+        out.append({"question": row["question"].replace(row["name"], name), "answer": "", "aliases": [],
                     "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": STRANGER,
-                    "name": name})  # fmt: skip
+                    "name": name, "sentence": sentence, "fact": row["answer"]})  # fmt: skip
     return out
 
 

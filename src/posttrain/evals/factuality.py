@@ -60,8 +60,7 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
             if r["split"] in world_lib.EVAL_BUCKETS
         ]
         shots_rng = random.Random(seed)
-        names = world_lib.person_names(world)
-        train = [{**r, "name": names.get(r["person_id"])} for r in qa if r["split"] in world_lib.TRAIN_SPLITS]
+        train = world_lib.annotate(world, [r for r in qa if r["split"] in world_lib.TRAIN_SPLITS])
         picked, seen_attrs = [], set()
         for r in shots_rng.sample(train, min(len(train), 200)):
             if r["attribute"] not in seen_attrs:
