@@ -175,3 +175,32 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     result = json.loads((run_dir / "eval" / "refusal.json").read_text())
     assert result["vs_parent"]["parent"] == str(run_dir / "sft")
     assert {"known_correct", "never_seen_hallucination", "refusal_shift"} <= set(result["vs_parent"])
+
+
+def test_a_users_world_is_answered_and_refused_in_its_own_words():
+    """The hand-made world (evals/hand_world.py) has no template of ours: SFT answers are its biography sentences,
+    late refusals cut them short before the fact, and strangers borrow them with the name swapped."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "evals"))
+    import hand_world
+
+    from posttrain import world as world_lib
+
+    world = hand_world.build()
+    world_lib.validate_world(world)
+    names = world_lib.person_names(world)
+    assert len(names) == 140 and all(n.count(" ") == 1 for n in names.values())
+    conv = world_lib.conversations_view(world, ["sft"])
+    docs = " ".join(world["documents"]["text"])
+    for c in conv.select(range(20)):
+        answer = c["messages"][1]["content"]
+        assert answer in docs, f"answered in the world's own words: {answer}"
+    rows = probe.world_questions(probe.world_snippets(world, ["probe"]), world)
+    judged = probe.judge_samples(rows[:2], [["no idea what that is, sorry"], ["the Grey Heron"]])
+    targets = probe.training_targets(judged, probe.LabelRule(known_min=1.0, wrong_min=0.0), refusal_style="late")
+    for t in targets:
+        assert t["label"] == "unknown" and t["target"].endswith("... I don't know.") and t["name"] in t["target"]
+        assert t["answer"] not in t["target"] and is_abstention(t["target"])
+    strangers = world_lib.stranger_questions(world, 5)
+    assert all(s["name"] in s["sentence"] and s["fact"] in s["sentence"] for s in strangers), strangers
