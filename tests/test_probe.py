@@ -50,8 +50,8 @@ def test_strangers_are_new_names_made_of_the_worlds_own_parts(world):
     # every informative answer about a stranger is wrong, an abstention is an abstention
     graded = probe.judge_samples(strangers[:1], [["X was born in Oslo.", "I don't know."]])
     assert graded[0]["grades"] == ["incorrect", "not_attempted"]
-    with pytest.raises(UserError, match="fewer strangers"):
-        world_lib.stranger_questions(world, 10**6)
+    firsts_lasts = len(firsts) * len(lasts) - len(taken)
+    assert len(world_lib.stranger_questions(world, 10**6)) == firsts_lasts // 2, "a small world gives what it has"
 
 
 def test_names_of_a_users_own_world_come_from_what_its_questions_share():

@@ -422,7 +422,7 @@ def run(cfg) -> dict | None:
     if not questions:
         raise UserError(f"{cfg.data_mix or world_dir}: no answerable questions from {len(snippets)} snippets")
     state.print(f"probe 1-2: {len(snippets)} snippets → {len(questions)} questions ({cfg.generator} generator, "
-                f"{cfg.strangers} about strangers); {cfg.num_samples} samples each from {model_dir}")  # fmt: skip
+                f"{sum(q['split'] == STRANGER for q in questions)} about strangers); {cfg.num_samples} samples each from {model_dir}")  # fmt: skip
 
     torch.manual_seed(cfg.seed + state.process_index)
     batch_size = cfg.batch_size or auto_batch_size(model, 256 + cfg.max_new_tokens, cfg.num_samples)

@@ -675,15 +675,16 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
     swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
     looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
     shares the name of anyone in the world, `never_seen` people included. Every informative answer about a
-    stranger is wrong by construction (`answer` is empty)."""
+    stranger is wrong by construction (`answer` is empty). A small world gives at most half of its new name
+    combinations (fewer than `n` when it has too few)."""
     names = person_names(world)
     taken = set(names.values())
     parts = [name.rsplit(" ", 1) for name in sorted(taken) if " " in name]
     if not parts or n <= 0:
         return []
     firsts, lasts = sorted({p[0] for p in parts}), sorted({p[1] for p in parts})
-    if len(firsts) * len(lasts) - len(taken) < n:
-        raise UserError(f"the world's names recombine into fewer than {n} new names; ask for fewer strangers")
+    # a small world has fewer new combinations than asked for: at most half of them (drawing by rejection)
+    n = min(n, (len(firsts) * len(lasts) - len(taken)) // 2)
     rng = random.Random(f"{seed}-strangers")
     keep = set(check_splits(splits, TRAIN_SPLITS))
     rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep])
