@@ -22,7 +22,7 @@ def _make(*args: str):
 TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
 TINY_EVAL = "EVAL_ARGS=--max_per_bucket 4 --num_samples 1 --max_new_tokens 4"
 TINY_SFT = "SFT_ARGS=--max_steps 2 --per_device_train_batch_size 4 --max_length 64 --eval_max_per_bucket 4 --eval_num_samples 1"
-TINY_PROBE = "PROBE_ARGS=--num_samples 2 --max_new_tokens 6 --strangers 8 --mixed refuse"
+TINY_PROBE = "PROBE_ARGS=--num_samples 2 --max_new_tokens 6 --strangers 0.5 --mixed refuse"
 TINY_REFUSAL = TINY_SFT.replace("SFT_ARGS", "REFUSAL_ARGS")
 TINY = (TINY_PRETRAIN, TINY_EVAL, TINY_SFT, TINY_PROBE, TINY_REFUSAL)
 

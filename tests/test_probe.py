@@ -142,7 +142,7 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
 
     run_dir = random_base(tiny_run, tmp_path / "run")
     assert_ok(recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
-    tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 10}
+    tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 0.5}
     proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),
                   *[x for k, v in tiny_probe.items() for x in (f"--{k}", str(v))])  # fmt: skip
     assert_ok(proc)
@@ -150,7 +150,8 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     out = run_dir / "probe"
     stats = json.loads((out / "summary.json").read_text())
     assert stats["questions"] == stats["known"] + stats["unknown"] + stats["mixed"] + stats["abstained"] > 0
-    assert stats["labels_by_split"]["stranger"]["unknown"] + stats["labels_by_split"]["stranger"]["mixed"] == 10
+    n_world, n_strangers = (sum(stats["labels_by_split"][k].values()) for k in ("probe", "stranger"))
+    assert n_strangers == round(0.5 * n_world) > 0, "strangers: half as many as the world's questions"
     judged = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 and "response" in j for j in judged)
     convs = (out / "refusal_sft.jsonl").read_text().splitlines()

@@ -429,10 +429,11 @@ class ProbeConfig(RunArguments):
     num_snippets: int = field(default=200, metadata={"help": "Snippets drawn from data_mix."})
     generator: str = field(default="world", metadata={"help": "Question generator: world (templates) | model."})
     generator_model: str | None = field(default=None, metadata={"help": "Instruct model writing questions (model)."})
-    strangers: int = field(
-        default=0,
-        metadata={"help": "Questions about people who exist nowhere in the world (recombined names): refusal targets "
-                  "by construction, the contrast that teaches 'unfamiliar name → I don't know'."},
+    strangers: float = field(
+        default=0.0,
+        metadata={"help": "Questions about people who exist nowhere in the world (recombined names), as a share of "
+                  "the world's questions (0.75: three for every four): refusal targets by construction, the contrast "
+                  "that teaches 'unfamiliar name → I don't know'."},
     )  # fmt: skip
     judge: str = field(default="exact", metadata={"help": "Judge of sampled answers: exact (answer + aliases) | llm."})
     judge_model: str | None = field(default=None, metadata={"help": "Instruct model grading answers (llm judge)."})

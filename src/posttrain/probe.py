@@ -379,7 +379,7 @@ def make_questions(cfg, world, world_dir: str, generator_kw: dict) -> tuple[list
         snippets = world_snippets(world, cfg.splits, cfg.snippets_per_person, cfg.seed)
     questions = QUESTION_GENERATORS[cfg.generator](snippets, world=world, seed=cfg.seed, **generator_kw)
     if world is not None and cfg.strangers:
-        questions += world_lib.stranger_questions(world, cfg.strangers, cfg.seed)
+        questions += world_lib.stranger_questions(world, round(cfg.strangers * len(questions)), cfg.seed)
     return snippets, questions
 
 
