@@ -72,7 +72,10 @@ def test_names_of_a_users_own_world_come_from_what_its_questions_share():
     world = DatasetDict({"qa": qa, "documents": Dataset.from_list([{"text": "x", "person_id": "a", "split": "sft"}])})
     assert world_lib.person_names(world) == {"a": "Dr. Mara O. Quill", "b": "Tom Reyes"}
     strangers = world_lib.stranger_questions(world, 2, seed=0)
-    assert {s["name"] for s in strangers} == {"Dr. Mara O. Reyes", "Tom Quill"}
+    # two new combinations exist; a small world gives at most half of them
+    assert len(strangers) == 1
+    assert strangers[0]["name"] in {"Dr. Mara O. Reyes", "Tom Quill"}
+    assert strangers[0]["question"].count(strangers[0]["name"]) == 1 and strangers[0]["answer"] == ""
 
 
 def test_model_question_parsing_and_the_answerable_filter():
