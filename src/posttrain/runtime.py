@@ -36,8 +36,22 @@ def use_cpu() -> bool:
 def process_group_kwargs() -> dict:
     """gloo for several processes without CUDA (DeepSpeed on CPU dies on a batch-size assertion otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        _deepspeed_reduces_over_gloo()
         return {"backend": "gloo"}
     return {}
+
+
+def _deepspeed_reduces_over_gloo() -> None:
+    """DeepSpeed on CPU JIT-compiles a shared-memory all-reduce kernel the first time it sets up its comm layer
+    (a minute of C++ build on 2 cores, and a compiler on the machine). The group here is gloo, which does the same
+    reductions, so mark that op as unavailable: DeepSpeed then reduces through torch.distributed, its own path
+    for machines without the op. DeepSpeed has no setting for this; `ops.__compatible_ops__` is its op table,
+    probed once and kept (its comment: "edits to it persist")."""
+    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def process_state() -> PartialState:
