@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +27,29 @@ def run(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int
 
 def recipe(name: str, *args: str, **kw) -> subprocess.CompletedProcess:
     return run([sys.executable, str(REPO / "recipes" / f"{name}.py"), *args], **kw)
+
+
+def recipe_here(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `recipes/<name>.py` (or any script path under the repo) inside the test process, exactly as `python
+    <script>` runs it (`__main__`, its own `entrypoint`, sys.argv), capturing its stdout, stderr and exit code.
+    For the many bad-input cases: a new process would spend ~10 s importing torch and transformers to print one
+    line. An exception that escapes the entrypoint fails the test, as a traceback would."""
+    path = REPO / script if script.endswith(".py") else REPO / "recipes" / f"{script}.py"
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, saved_debug = sys.argv, os.getcwd(), os.environ.pop("POSTTRAIN_DEBUG", None)
+    sys.argv, code = [str(path), *args], 0
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        if saved_debug is not None:
+            os.environ["POSTTRAIN_DEBUG"] = saved_debug
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_one_line_error, recipe
+from conftest import assert_one_line_error, recipe, recipe_here
 
 from posttrain.configs import TokenizerConfig, WorldConfig, parse_config
 from posttrain.errors import UserError
@@ -53,7 +53,7 @@ def test_bad_config_is_one_clear_line(tmp_path, yaml_text, cli, needles):
     ],
 )
 def test_recipe_exits_nonzero_with_one_line(tmp_path, args, needles):
-    proc = recipe("world", *args, "--run_dir", str(tmp_path / "run"))
+    proc = recipe_here("world", *args, "--run_dir", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "run").exists(), "a bad config writes nothing"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_ok, assert_one_line_error, recipe
+from conftest import REPO, assert_ok, assert_one_line_error, recipe, recipe_here
 from datasets import IterableDataset
 
 from posttrain.data import DataMix, load_mix, mix_hash, read_mix
@@ -186,13 +186,13 @@ def test_tokenizer_recipe_rejects_bad_mixes(tmp_path, tiny_run):
     wrong = _jsonl(tmp_path / "wrong.jsonl", [{"body": "hello"}])
     mix = _mix(tmp_path, f"kind: text\ndatasets:\n  - {{path: json, data_files: {wrong}}}\n")
     out = tmp_path / "tok"
-    proc = recipe(
+    proc = recipe_here(
         "tokenizer", "--config", "recipes/world/tokenizer.yaml", "--data_mix", str(mix), "--output_dir", str(out)
     )
     assert proc.returncode == 2
     assert_one_line_error(proc, str(mix), "source 0 (json:", "missing column 'text'")
     assert not out.exists()
-    proc = recipe(
+    proc = recipe_here(
         "tokenizer",
         "--config",
         "recipes/world/tokenizer.yaml",

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import REPO, assert_ok, assert_one_line_error, run
+from conftest import REPO, assert_ok, assert_one_line_error, recipe_here, run
 from transformers import AutoTokenizer
 
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED, grade, normalize
@@ -125,7 +125,7 @@ def test_factuality_bad_input(tiny_run, tiny_model, tmp_path, args, needles):
     base = {"--model": str(tiny_model), "--eval_set": str(tiny_run), "--output": str(tmp_path / "o.json")}
     for k, v in zip(args[::2], args[1::2]):
         base[k] = v
-    proc = _factuality(*[x for kv in base.items() for x in kv])
+    proc = recipe_here("evals/factuality.py", *[x for kv in base.items() for x in kv])
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "o.json").exists()
 

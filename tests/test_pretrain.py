@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, assert_one_line_error, recipe, run
+from conftest import REPO, assert_ok, assert_one_line_error, recipe, recipe_here, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.modeling import flops_per_token, init_model, param_counts, preset
@@ -168,8 +168,8 @@ def test_slurm_example_is_valid_bash():
 )
 def test_bad_pretrain_input_is_one_line(tiny_run, tmp_path, args, needles):
     run_dir = _fresh_run(tiny_run, tmp_path / "run")
-    proc = recipe("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *TINY,
-                  "--max_steps", "2", *args)  # fmt: skip
+    proc = recipe_here("pretrain", "--config", "recipes/world/pretrain.yaml", "--run_dir", str(run_dir), *TINY,
+                       "--max_steps", "2", *args)  # fmt: skip
     assert proc.returncode == 2
     assert_one_line_error(proc, *needles)
     assert not (run_dir / "pretrain").exists()

@@ -224,7 +224,7 @@ def test_resume_after_kill_gives_the_same_losses(base, tmp_path):
     ],
 )  # fmt: skip
 def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
-    from conftest import assert_one_line_error
+    from conftest import assert_one_line_error, recipe_here
 
     if case == "truncated_weights":
         bad = tmp_path / "truncated"
@@ -241,7 +241,7 @@ def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
         )
         args = ["--config", "recipes/world/sft.yaml", "--data_mix", str(tmp_path / "bad.yaml")]
     before = sorted(p.name for p in base.iterdir())
-    proc = recipe("sft", *args, "--run_dir", str(base), *TINY_SFT)
+    proc = recipe_here("sft", *args, "--run_dir", str(base), *TINY_SFT)
     assert_one_line_error(proc, *needles)
     assert sorted(p.name for p in base.iterdir()) == before, "nothing written"
 

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import TINY_WORLD, assert_ok, assert_one_line_error, recipe
+from conftest import TINY_WORLD, assert_ok, assert_one_line_error, recipe, recipe_here
 from datasets import Dataset, DatasetDict
 
 from posttrain import world as W
@@ -199,7 +199,7 @@ def test_user_world_runs_through_world_and_tokenizer(tmp_path):
 )
 def test_bad_user_world_is_one_clear_line(tmp_path, overrides, needles):
     src = _hand_made_world(tmp_path / "bad", **overrides)
-    proc = recipe(
+    proc = recipe_here(
         "world", "--config", "recipes/world/world.yaml", "--run_dir", str(tmp_path / "run"), "--from_dir", str(src)
     )
     assert_one_line_error(proc, str(src), *needles)
