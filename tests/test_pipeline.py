@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from conftest import REPO, TINY_WORLD, assert_ok, run
+from conftest import REPO, TINY_WORLD, assert_ok, free_port, run
 from test_world import _hand_made_world, _same_tree
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,8 +72,9 @@ def test_make_speedrun_on_a_users_world(tmp_path):
 def test_accelerate_launch_two_processes_writes_one_world(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "accelerate's launcher is installed with the project"
+    launch = [accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", "--main_process_port"]
     for name, launcher in (
-        ("launched", [accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml"]),
+        ("launched", [*launch, free_port()]),
         ("plain", [sys.executable]),
     ):
         args = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, assert_one_line_error, recipe, recipe_here, run
+from conftest import REPO, assert_ok, assert_one_line_error, free_port, recipe, recipe_here, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.modeling import flops_per_token, init_model, param_counts, preset
@@ -132,7 +132,17 @@ def test_two_processes_train_in_sync_like_one(tiny_run, tmp_path):
     assert_ok(run([sys.executable, *args, "--run_dir", str(one)]))
     accelerate = str(Path(sys.executable).parent / "accelerate")
     proc = run(
-        [accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", *args, "--run_dir", str(two)]
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            "accelerate_configs/multi_cpu.yaml",
+            "--main_process_port",
+            free_port(),
+            *args,
+            "--run_dir",
+            str(two),
+        ]  # fmt: skip
     )
     assert_ok(proc)
     assert "2 process(es)" in proc.stdout
@@ -182,6 +192,7 @@ def test_deepspeed_zero_runs_on_cpu(tiny_run, tmp_path, zero):
     run_dir = _fresh_run(tiny_run, tmp_path / zero)
     accelerate = str(Path(sys.executable).parent / "accelerate")
     proc = run([accelerate, "launch", "--config_file", f"accelerate_configs/{zero}.yaml", "--num_processes", "2",
+                "--main_process_port", free_port(),
                 "--mixed_precision", "no", "recipes/pretrain.py", "--config", "recipes/world/pretrain.yaml",
                 "--run_dir", str(run_dir), *TINY, "--max_steps", "4", "--save_every", "2"])  # fmt: skip
     assert_ok(proc)

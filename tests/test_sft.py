@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, random_base, recipe, run
+from conftest import REPO, assert_ok, free_port, random_base, recipe, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -170,7 +170,7 @@ def test_sft_under_accelerate_launch_two_processes_with_packing(base, tmp_path):
     for name in ("world", "pretrain"):
         (run_dir / name).symlink_to(base / name)
     proc = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", "29583",
+                str(REPO / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", free_port(),
                 str(REPO / "recipes" / "sft.py"), "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir),
                 *TINY_SFT, "--packing"], timeout=600)  # fmt: skip
     assert_ok(proc)

@@ -29,20 +29,13 @@ def _same_tree(a, b) -> bool:
     return not mismatch and not errors and all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
-def test_same_seed_gives_byte_identical_world(tmp_path):
-    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
-        assert_ok(
-            recipe(
-                "world",
-                "--config",
-                "recipes/world/world.yaml",
-                "--run_dir",
-                str(tmp_path / name),
-                "--seed",
-                seed,
-                *TINY_WORLD,
-            )
-        )
+def test_same_seed_gives_byte_identical_world(tmp_path, tiny_run):
+    """Two processes (own hash seeds) with the same seed write the same bytes; another seed does not. The
+    session's tiny run is the first process (default seed, TINY_WORLD); the other seed runs in-process."""
+    args = ("--config", "recipes/world/world.yaml", *TINY_WORLD)
+    assert_ok(recipe("world", *args, "--run_dir", str(tmp_path / "b")))
+    assert_ok(recipe_here("world", *args, "--run_dir", str(tmp_path / "c"), "--seed", "4"))
+    (tmp_path / "a").symlink_to(tiny_run)
     assert _same_tree(tmp_path / "a" / "world", tmp_path / "b" / "world")
     assert not _same_tree(tmp_path / "a" / "world", tmp_path / "c" / "world")
     assert sorted(p.name for p in (tmp_path / "a" / "world").iterdir()) == [
@@ -171,15 +164,16 @@ def _hand_made_world(path, copies: int = 1, with_probe: bool = False, **override
 
 
 def test_user_world_runs_through_world_and_tokenizer(tmp_path):
+    """In-process (the same recipes as processes run in test_pipeline's user-world speedrun)."""
     src = _hand_made_world(tmp_path / "mine")
     run_dir = tmp_path / "run"
     assert_ok(
-        recipe("world", "--config", "recipes/world/world.yaml", "--run_dir", str(run_dir), "--from_dir", str(src))
+        recipe_here("world", "--config", "recipes/world/world.yaml", "--run_dir", str(run_dir), "--from_dir", str(src))
     )
     world = W.load_world(run_dir / "world")
     assert world["qa"]["answer"] == ["Oslo", "Rome", "Lima"]
     assert_ok(
-        recipe(
+        recipe_here(
             "tokenizer", "--config", "recipes/world/tokenizer.yaml", "--run_dir", str(run_dir), "--vocab_size", "300"
         )
     )
