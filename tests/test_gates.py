@@ -46,9 +46,15 @@ def test_span_logprobs_match_a_manual_forward_pass(tiny_run):
         want = [logp[t - 1, ids[0, t]].item() for t, (a, b) in enumerate(enc["offset_mapping"])
                 if t > 0 and b > lo and a < hi]  # fmt: skip
         assert scores == pytest.approx(want, abs=1e-4) and want, (text, scores, want)
-    # the name's score sums its tokens; an unknown name falls back to the question's mean
+    # the name's score sums its tokens after the first (who is asked about is not the model's to predict)
+    prompt, span = gates._prompt_and_span(tok, texts[0], "Ada Velmor")
+    (name_scores,) = gates.span_logprobs(model, tok, [prompt], [span])
+    assert len(name_scores) >= 2, "the tiny tokenizer splits the name"
     fam = gates.name_familiarity(model, tok, texts[:1], ["Ada Velmor"])
-    assert fam[0] < 0
+    assert fam[0] == pytest.approx(sum(name_scores[1:])) and fam[0] != pytest.approx(sum(name_scores))
+    # an unknown name falls back to the whole question's mean
+    (all_scores,) = gates.span_logprobs(model, tok, [prompt], [gates._prompt_and_span(tok, texts[0], None)[1]])
+    assert gates.name_familiarity(model, tok, texts[:1], [None])[0] == pytest.approx(sum(all_scores) / len(all_scores))
     conf = gates.answer_confidence(model, tok, texts[:1], ["Ada Velmor was born in Oslo."])
     assert conf[0] < 0 and gates.answer_confidence(model, tok, texts[:1], [""]) == [gates.NEG_INF]
 

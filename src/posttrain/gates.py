@@ -65,14 +65,17 @@ def _prompt_and_span(tokenizer, question: str, part: str | None) -> tuple[str, t
 
 
 def name_familiarity(model, tokenizer, questions: list[str], names: list[str | None], batch_size: int = 64):
-    """Sum of the log-probabilities of the name's tokens in the chat prompt (the whole question's mean when the
-    name is unknown, e.g. for a user's own world)."""
+    """Sum of the log-probabilities of the name's tokens after its first one, in the chat prompt (the whole
+    question's mean when the name is unknown). The first token says who is asked about, which no model can
+    predict; how well the rest of the name follows from it is what the model remembers of the person. (On the
+    hand-made world's SFT model the whole name's sum tells eval_known people from never_seen ones at AUC 0.78,
+    the sum after the first token at 0.90; docs/LOG.md 2026-11-26.)"""
     texts, spans = (
         zip(*(_prompt_and_span(tokenizer, q, n) for q, n in zip(questions, names))) if questions else ((), ())
     )
     scores = span_logprobs(model, tokenizer, list(texts), list(spans), batch_size)
     return [
-        (sum(s) if n else sum(s) / max(1, len(s))) if s else NEG_INF for s, n in zip(scores, names)
+        (sum(s[1:] or s) if n else sum(s) / max(1, len(s))) if s else NEG_INF for s, n in zip(scores, names)
     ]  # fmt: skip
 
 
