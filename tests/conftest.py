@@ -66,7 +66,7 @@ def recipe_here(script: str, *args: str) -> subprocess.CompletedProcess:
         os.chdir(saved_cwd)
         if saved_debug is not None:
             os.environ["POSTTRAIN_DEBUG"] = saved_debug
-    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([str(path), *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:

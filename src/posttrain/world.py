@@ -609,10 +609,11 @@ def fact_sentences(world: DatasetDict, names: dict[str, str]) -> dict[tuple[str,
     return out
 
 
-def annotate(world: DatasetDict, rows: list[dict]) -> list[dict]:
+def annotate(world: DatasetDict, rows: list[dict], names: dict[str, str] | None = None) -> list[dict]:
     """QA rows with the person's `name` and (for a user's own attributes) the biography `sentence` stating the
-    fact, which `answer_sentence` and refusals phrase their replies with."""
-    names = person_names(world)
+    fact, which `answer_sentence` and refusals phrase their replies with. `names`: `person_names(world)`, when the
+    caller already has it."""
+    names = person_names(world) if names is None else names
     sentences = fact_sentences(world, names)
     return [{**r, "name": names.get(r["person_id"]), "sentence": sentences.get((r["person_id"], r["attribute"]))}
             for r in rows]  # fmt: skip
@@ -687,7 +688,7 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
     n = min(n, (len(firsts) * len(lasts) - len(taken)) // 2)
     rng = random.Random(f"{seed}-strangers")
     keep = set(check_splits(splits, TRAIN_SPLITS))
-    rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep])
+    rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep], names)
             if r["name"] and r["name"] in r["question"]]  # fmt: skip
     if not rows:
         return []
