@@ -12,7 +12,7 @@ python recipes/sft.py --config recipes/world/refusal.yaml --rounds 2   # refusal
 from accelerate.utils import set_seed
 from trl import ModelConfig
 
-from posttrain import sft
+from posttrain import sft, stages
 from posttrain.configs import SFTStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.pretrain import set_threads
@@ -23,13 +23,13 @@ def main():
     cfg, model_args = parse_config((SFTStageConfig, ModelConfig))
     threads = set_threads(cfg)
     set_seed(cfg.seed)
-    resume = sft.resolve_resume(cfg)
-    base = sft.base_model_path(cfg, model_args)
+    resume = stages.resolve_resume(cfg)
+    base = stages.base_model_path(cfg, model_args)
     for round_ in range(1, cfg.rounds + 1):
         if round_ > 1:  # refusal rounds: re-probe the model just trained, then train it on the new targets
             base, resume = sft.reprobe(cfg, round_), None
         mix, world_dir, data = sft.load_conversations(cfg)
-        model, tokenizer, changes = sft.load_model(base, cfg, model_args)
+        model, tokenizer, changes = stages.load_model(base, cfg, model_args)
 
         trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
         trainer.accelerator.print(
@@ -40,9 +40,9 @@ def main():
         )
         trainer.train(resume_from_checkpoint=resume)
 
-        out, done = sft.export(trainer, cfg, model_args, base, mix, world_dir)
+        out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir))
         if cfg.eval_after:
-            sft.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+            stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
         if trainer.accelerator.is_main_process:
             build_report(cfg.run_dir)
             print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "

@@ -57,10 +57,11 @@ def prepare_chat(model, tokenizer, assistant_only_loss: bool = True) -> list[str
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eot)
     model.config.eos_token_id = eot
     model.config.pad_token_id = tokenizer.pad_token_id
-    gen = model.generation_config
-    stops = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
-    gen.eos_token_id = [eot] + [t for t in stops if t is not None and t != eot]
-    gen.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)  # a reward model (sequence classifier) has none
+    if gen is not None:
+        stops = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        gen.eos_token_id = [eot] + [t for t in stops if t is not None and t != eot]
+        gen.pad_token_id = tokenizer.pad_token_id
     return changes
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from trl import SFTConfig, TrlParser
+from trl import DPOConfig, GRPOConfig, RewardConfig, SFTConfig, TrlParser
 
 from posttrain import runtime
 from posttrain.errors import UserError
@@ -345,12 +345,13 @@ class PerplexityConfig(RunArguments):
 
 
 @dataclass
-class SFTStageConfig(SFTConfig):
-    """`recipes/sft.py` (and the refusal stage): TRL's SFTConfig with posttrain's run layout and device defaults.
+class TrainerStage:
+    """What every stage built on a TRL trainer (SFT, refusal, reward, DPO, GRPO) adds to TRL's config: posttrain's
+    run layout, the end-of-training eval, and device defaults. Mixed in before the TRL config class.
 
     Changed defaults, and why: `bf16` and `gradient_checkpointing` come from the device (TRL defaults both to True,
-    which fails on CPU and slows small models); loss on assistant turns only; checkpoints under
-    `<run_dir>/checkpoints/<stage>` (kept apart from the exported model, which is swapped in atomically).
+    which fails on CPU and slows small models); checkpoints under `<run_dir>/checkpoints/<stage>` (kept apart from
+    the exported model, which is swapped in atomically); several CPU processes join over gloo.
     """
 
     run_dir: str = field(default="runs/speedrun", metadata={"help": "The run directory (CONTRACTS §2)."})
@@ -358,20 +359,12 @@ class SFTStageConfig(SFTConfig):
     parent: str = field(
         default="pretrain", metadata={"help": "Stage whose model is trained when model_name_or_path is not set."}
     )
-    data_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "A 'conversations' mix."})
     world_dir: str | None = field(default=None, metadata={"help": "For world sources; defaults to <run_dir>/world."})
     export_dir: str | None = field(default=None, metadata={"help": "The HF checkpoint; defaults to <run_dir>/<stage>."})
     eval_after: bool = field(default=True, metadata={"help": "Run the factuality eval into eval/<stage>.json."})
     eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
     eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
-    rounds: int = field(
-        default=1,
-        metadata={"help": "Refusal stage: rounds of probe → train. Round r > 1 re-probes this stage's own model "
-                  "with probe_config (into <run_dir>/probe/, earlier rounds kept as probe/round_<k>/) and trains "
-                  "it further on the new targets."},
-    )  # fmt: skip
-    probe_config: str = field(default="recipes/world/probe.yaml", metadata={"help": "The probe YAML for rounds > 1."})
     # TRL defaults replaced (see the class docstring)
     output_dir: str | None = field(
         default=None, metadata={"help": "Trainer checkpoints; <run_dir>/checkpoints/<stage>."}
@@ -380,7 +373,6 @@ class SFTStageConfig(SFTConfig):
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Default: True on CUDA, False on CPU (alias of activation_checkpointing)."}
     )
-    assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Trainer checkpoints kept."})
     save_steps: float = field(default=100, metadata={"help": "Steps between Trainer checkpoints."})
     logging_steps: float = 10
@@ -409,6 +401,94 @@ class SFTStageConfig(SFTConfig):
             gc = self.gradient_checkpointing
             self.activation_checkpointing = cuda if gc is None else gc
         super().__post_init__()
+
+
+@dataclass
+class SFTStageConfig(TrainerStage, SFTConfig):
+    """`recipes/sft.py` (and the refusal stage): TRL's SFTConfig with posttrain's stage fields (`TrainerStage`);
+    the loss is on assistant turns only."""
+
+    data_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "A 'conversations' mix."})
+    rounds: int = field(
+        default=1,
+        metadata={"help": "Refusal stage: rounds of probe → train. Round r > 1 re-probes this stage's own model "
+                  "with probe_config (into <run_dir>/probe/, earlier rounds kept as probe/round_<k>/) and trains "
+                  "it further on the new targets."},
+    )  # fmt: skip
+    probe_config: str = field(default="recipes/world/probe.yaml", metadata={"help": "The probe YAML for rounds > 1."})
+    assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
+
+
+@dataclass
+class RewardStageConfig(TrainerStage, RewardConfig):
+    """`recipes/reward.py`: TRL's RewardConfig; a sequence-classification head on the parent stage's model, trained on
+    the probe's preference pairs (`<run>/probe/preferences.jsonl`) or a preference mix."""
+
+    stage: str = field(default="reward", metadata={"help": "Stage name: <run_dir>/<stage>/."})
+    parent: str = field(default="sft", metadata={"help": "Stage whose model gets the reward head."})
+    data_mix: str | None = field(
+        default=None, metadata={"help": "A 'preferences' mix; default: the probe's pairs in <run_dir>/probe/."}
+    )
+    heldout_share: float = field(
+        default=0.1, metadata={"help": "Share of prompts held out to measure pairwise accuracy (all their pairs)."}
+    )
+    balance_pair_types: int = field(
+        default=8,
+        metadata={"help": "Repeat the rarer pair types (pair_type) in training up to the commonest one's count, at "
+                  "most this many times each (1: as they come). The probe gives ~20 wrong-vs-refusal pairs per "
+                  "known-question pair; unbalanced, a reward model learns 'a refusal always wins'."},
+    )  # fmt: skip
+    eval_after: bool = field(default=False, metadata={"help": "A reward model has no factuality eval."})
+    max_length: int | None = field(default=128, metadata={"help": "Tokens per prompt + answer."})
+
+
+@dataclass
+class DPOStageConfig(TrainerStage, DPOConfig):
+    """`recipes/dpo.py`: TRL's DPOConfig on the probe's preference pairs, from the refusal model."""
+
+    stage: str = field(default="dpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(default="refusal", metadata={"help": "Policy (and reference) model's stage."})
+    data_mix: str | None = field(
+        default=None, metadata={"help": "A 'preferences' mix; default: the probe's pairs in <run_dir>/probe/."}
+    )
+    heldout_share: float = field(default=0.1, metadata={"help": "Share of prompts held out (DPO's eval pairs)."})
+    balance_pair_types: int = field(
+        default=8,
+        metadata={"help": "Repeat the rarer pair types (pair_type) in training up to the commonest one's count, at "
+                  "most this many times each (1: as they come). The probe gives ~20 wrong-vs-refusal pairs per "
+                  "known-question pair; unbalanced, a reward model learns 'a refusal always wins'."},
+    )  # fmt: skip
+    max_length: int | None = field(default=128, metadata={"help": "Tokens per prompt + answer."})
+
+
+@dataclass
+class GRPOStageConfig(TrainerStage, GRPOConfig):
+    """`recipes/grpo.py`: TRL's GRPOConfig. Prompts: the world's questions about people of `prompt_splits`; rewards:
+    `posttrain.rewards` functions graded against the world, and/or a learned reward model. Every function is logged
+    (TRL's `rewards/<name>/mean`); one with weight 0 is logged only: the gold reward beside a learned proxy."""
+
+    stage: str = field(default="grpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(default="refusal", metadata={"help": "Policy model's stage."})
+    prompts: str = field(
+        default="probe",
+        metadata={"help": "probe: the probe's questions (<run>/probe/questions.jsonl: probe people + strangers) | "
+                  "world: the world's questions of prompt_splits."},
+    )  # fmt: skip
+    prompt_splits: list[str] = field(
+        default_factory=lambda: ["probe"], metadata={"help": "World splits whose questions are the prompts (world)."}
+    )
+    rewards: list[str] = field(
+        default_factory=lambda: ["factuality", "format"], metadata={"help": "posttrain.rewards functions used."}
+    )
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "A reward model directory, or a stage of the run ('reward': <run_dir>/reward), scored after "
+                  "the registry rewards (reward_weights follow that order)."},
+    )  # fmt: skip
+    confidence_target: float = field(
+        default=0.75, metadata={"help": "t of the factuality reward: +1 right, 0 abstain, -t/(1-t) wrong."}
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
 
 
 @dataclass
@@ -474,3 +554,59 @@ class ProbeConfig(RunArguments):
                 raise UserError(f"{kind} must be one of {', '.join(known)}, got '{name}'")
             if name == needs[0] and not getattr(self, needs[1]):
                 raise UserError(f"--{kind} {name} needs --{needs[1]} (a local instruct model directory)")
+
+
+@dataclass
+class PPOStageConfig(RunArguments):
+    """`recipes/ppo.py`: PPO (posttrain.ppo) with the refusal model as policy and frozen reference, the learned reward
+    model as reward, and a value model initialised from it; prompts as GRPO's (`prompts`, `prompt_splits`)."""
+
+    seed: int = 0
+    stage: str = field(default="ppo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(default="refusal", metadata={"help": "Policy (and reference) model's stage."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Policy model; default <run>/<parent>."})
+    reward_model: str = field(default="reward", metadata={"help": "Reward model directory, or a stage of the run."})
+    value_model: str | None = field(default=None, metadata={"help": "Value model init; default the reward model."})
+    world_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
+    export_dir: str | None = field(default=None, metadata={"help": "The HF checkpoint; defaults to <run_dir>/<stage>."})
+    checkpoint_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/checkpoints/<stage>."})
+    prompts: str = field(default="probe", metadata={"help": "probe (the probe's questions) | world (prompt_splits)."})
+    prompt_splits: list[str] = field(default_factory=lambda: ["probe"], metadata={"help": "World splits (world)."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
+    confidence_target: float = field(default=0.75, metadata={"help": "t of the gold (factuality) reward logged."})
+    max_steps: int = field(default=30, metadata={"help": "PPO steps (rollout + update)."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per rollout and process."})
+    mini_batch_size: int = field(default=16, metadata={"help": "Answers per optimizer step."})
+    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each rollout."})
+    learning_rate: float = 3e-5
+    max_grad_norm: float = 1.0
+    kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty to the reference policy."})
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    missing_eos_penalty: float = field(
+        default=1.0, metadata={"help": "Subtracted from the score of an unended answer."}
+    )
+    log_every: int = 5
+    save_every: int = field(default=10, metadata={"help": "Steps between checkpoints (0: none)."})
+    keep_last: int = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
+    eval_after: bool = field(default=True, metadata={"help": "Run the factuality eval into eval/<stage>.json."})
+    eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
+    eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
+    num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
+
+    def __post_init__(self):
+        if self.export_dir is None:
+            self.export_dir = str(Path(self.run_dir) / self.stage)
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = str(Path(self.run_dir) / "checkpoints" / self.stage)
+        for name in ("max_steps", "batch_size", "mini_batch_size", "num_ppo_epochs", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")

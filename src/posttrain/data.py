@@ -258,7 +258,7 @@ _OPTIONAL = {
     "qa": ("aliases", "bucket", "context", "person_id", "attribute", "split"),
     "conversations": (),
     "text": (),
-    "preferences": (),
+    "preferences": ("pair_type",),  # the probe's kind of pair (refusal_over_wrong, ...): accuracy per kind
 }
 
 

@@ -82,3 +82,27 @@ def reliability_diagram(bins: list[dict], path: str | Path, title: str) -> Path:
         ax.set_title(title)
         ax.legend(loc="upper left")
     return Path(path)
+
+
+def reward_curves(steps: list[int], series: dict[str, list[float]], path: str | Path, title: str) -> Path:
+    """Rewards against training steps, one line per reward: the gold (factuality graded against the world) beside a
+    learned proxy shows at a glance when the policy starts gaming the reward model (proxy up, gold flat or down).
+    Series in different units get their own axis: the first on the left, the others on the right."""
+    with _figure(path, (7, 4)) as ax:
+        names = list(series)
+        axes = [ax] + ([ax.twinx()] if len(names) > 1 else [])
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        lines = []
+        for i, name in enumerate(names):
+            target = axes[0] if i == 0 else axes[1]
+            xs = [s for s, v in zip(steps, series[name]) if v is not None]
+            ys = [v for v in series[name] if v is not None]
+            lines += target.plot(xs, ys, marker=".", color=colors[i % len(colors)], label=name)
+        axes[0].set_ylabel(names[0] if names else "reward")
+        if len(axes) > 1:
+            axes[1].set_ylabel(", ".join(names[1:]))
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(lines, [line.get_label() for line in lines], loc="best")
+        ax.grid(alpha=0.3)
+    return Path(path)

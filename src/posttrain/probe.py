@@ -325,18 +325,21 @@ def refusal_conversations(targets: list[dict]) -> list[dict]:
 
 def preference_pairs(targets: list[dict]) -> list[dict]:
     """TRL conversational pairs: on unknown questions the refusal beats the model's wrong answer; on known ones
-    the correct answer beats a refusal (against over-refusal)."""
+    the correct answer beats a refusal (against over-refusal); on known and mixed ones, where the model also
+    answered wrong, the correct answer beats that wrong answer (what a reward model needs to tell facts apart)."""
     pairs = []
     for t in targets:
         prompt = [{"role": "user", "content": t["question"]}]
+        kinds = []
         if t["label"] == UNKNOWN and t["wrong_answer"]:
-            chosen, rejected, kind = t["refusal"], t["wrong_answer"], "refusal_over_wrong"
-        elif t["label"] == KNOWN:
-            chosen, rejected, kind = t["correct_answer"], t["refusal"], "correct_over_refusal"
-        else:
-            continue
-        pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                      "rejected": [{"role": "assistant", "content": rejected}], "pair_type": kind})  # fmt: skip
+            kinds.append((t["refusal"], t["wrong_answer"], "refusal_over_wrong"))
+        if t["label"] == KNOWN:
+            kinds.append((t["correct_answer"], t["refusal"], "correct_over_refusal"))
+        if t["label"] in (KNOWN, MIXED) and t["wrong_answer"]:
+            kinds.append((t["correct_answer"], t["wrong_answer"], "correct_over_wrong"))
+        for chosen, rejected, kind in kinds:
+            pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                          "rejected": [{"role": "assistant", "content": rejected}], "pair_type": kind})  # fmt: skip
     return pairs
 
 

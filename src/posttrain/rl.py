@@ -1,0 +1,127 @@
+"""Online RL on the world's questions: the prompts, the reward functions, TRL's GRPOTrainer, and the gold-vs-proxy
+record every RL stage keeps (GRPO here; PPO in `posttrain.ppo`).
+
+Prompts are questions the model may be trained on (CONTRACTS §4: never an `eval_*` or `never_seen` person's):
+by default the probe's own questions (`<run>/probe/questions.jsonl`: the `probe` split's people plus strangers, names
+that exist nowhere, whose only non-losing answer is "I don't know"), or the world's questions of chosen splits.
+Each row carries `answers` and `candidates`, which the factuality reward grades against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from datasets import Dataset
+
+from posttrain import world as world_lib
+from posttrain.errors import UserError
+from posttrain.plots import reward_curves
+from posttrain.preferences import RewardScorer, load_reward_model
+from posttrain.rewards import get_rewards
+
+FORBIDDEN_SPLITS = ("eval_known", "eval_rare", "never_seen")
+
+
+def question_rows(run_dir: str, world_dir: str, source: str, splits: list[str]) -> list[dict]:
+    """{question, answers, candidates, split} rows from the probe's questions or the world's splits."""
+    bad = [s for s in splits if s in FORBIDDEN_SPLITS]
+    if bad:
+        raise UserError(f"prompt_splits: '{bad[0]}' is an evaluation split; RL may not train on its questions")
+    if source == "probe":
+        path = Path(run_dir) / "probe" / "questions.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path}: no probe questions; run recipes/probe.py first or set --prompts world")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        world = world_lib.load_world(world_dir)
+        by_attr = world_lib.answers_by_attribute(world["qa"])
+    elif source == "world":
+        world = world_lib.load_world(world_dir)
+        by_attr = world_lib.answers_by_attribute(world["qa"])
+        rows = [r for r in world["qa"] if r["split"] in splits]
+    else:
+        raise UserError(f"prompts must be probe or world, got '{source}'")
+    leaked = next((r for r in rows if r.get("split") in FORBIDDEN_SPLITS), None)
+    if leaked is not None:
+        raise UserError(f"prompts: '{leaked['question']}' asks about an {leaked['split']} person")
+    return [
+        {
+            "question": r["question"],
+            "answers": [a for a in dict.fromkeys([r.get("answer") or "", *(r.get("aliases") or [])]) if a],
+            "candidates": r.get("candidates") or by_attr.get(r.get("attribute"), []),
+            "split": r.get("split", ""),
+        }
+        for r in rows
+    ]
+
+
+def stage_dir(run_dir: str, name: str) -> str:
+    """A model directory, or the name of a stage of the run ('reward' → <run_dir>/reward)."""
+    path = Path(name)
+    if not path.is_dir() and (Path(run_dir) / name).is_dir():
+        path = Path(run_dir) / name
+    if not (path / "config.json").is_file():
+        raise UserError(f"{name}: not a model directory (no config.json), nor a stage of {run_dir}")
+    return str(path)
+
+
+def prompt_dataset(rows: list[dict], max_prompts: int | None, seed: int) -> Dataset:
+    """TRL's conversational prompt dataset, with the grading columns the reward functions read."""
+    if not rows:
+        raise UserError("prompts: no questions to train on")
+    if max_prompts and len(rows) > max_prompts:
+        rows = random.Random(seed).sample(rows, max_prompts)
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], **r} for r in rows])
+
+
+def reward_functions(cfg, device=None) -> tuple[list, list[str]]:
+    """The config's registry rewards (bound to its t), then the learned reward model when one is given."""
+    funcs = get_rewards(cfg.rewards, t=cfg.confidence_target)
+    if cfg.reward_model:
+        model, tokenizer = load_reward_model(stage_dir(cfg.run_dir, cfg.reward_model))
+        if device is not None:
+            model.to(device)
+        funcs.append(RewardScorer(model, tokenizer))
+    return funcs, [f.__name__ for f in funcs]
+
+
+def reward_history(log_history: list[dict], names: list[str]) -> tuple[list[int], dict[str, list]]:
+    """Per logged step, the mean of every reward (TRL logs `rewards/<name>/mean`)."""
+    rows = [r for r in log_history if any(f"rewards/{n}/mean" in r for n in names)]
+    return [r.get("step", i) for i, r in enumerate(rows)], {
+        n: [r.get(f"rewards/{n}/mean") for r in rows] for n in names
+    }
+
+
+def plot_rewards(log_history: list[dict], names: list[str], run_dir: str, stage: str) -> Path:
+    """`<run>/plots/<stage>_rewards.png`: every reward's mean per logged step, the gold one first."""
+    steps, series = reward_history(log_history, names)
+    order = sorted(names, key=lambda n: n != "factuality")  # the gold reward first, on the left axis
+    path = Path(run_dir) / "plots" / f"{stage}_rewards.png"
+    return reward_curves(steps, {n: series[n] for n in order}, path, f"{stage}: rewards per step (gold: factuality)")
+
+
+def prompts_record(cfg, dataset: Dataset) -> dict:
+    """The lineage record of the prompts an RL stage trained on (their source and a hash of their content)."""
+    h = hashlib.sha256(json.dumps(list(dataset["question"])).encode()).hexdigest()[:16]
+    source = (
+        f"{cfg.run_dir}/probe/questions.jsonl" if cfg.prompts == "probe" else f"world:{','.join(cfg.prompt_splits)}"
+    )
+    return {"path": source, "hash": h}
+
+
+def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
+    from trl import GRPOTrainer
+
+    from posttrain.stages import callbacks
+
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks(),
+    )
