@@ -8,6 +8,11 @@ RUN    ?= speedrun
 WORLD  ?=
 ARGS   ?=
 RUN_DIR ?= runs/$(RUN)
+# RL stages after refusal: reward model and GRPO by default; PPO (against the reward model) and DPO on request.
+REWARD ?= 1
+GRPO   ?= 1
+PPO    ?= 0
+DPO    ?= 0
 
 # The torch build: a CUDA machine takes PyPI's default wheel; a machine without a GPU takes the CPU build
 # (2.13 is the CPU wheel this project is tested with; pip finds it in a local wheel folder when one is set up).
@@ -36,6 +41,7 @@ install-dev: $(VENV)/.stamp-dev
 
 # The whole pipeline on the embedded world (CONTRACTS §1). WORLD=<dir> imports a user's own world instead.
 # ARGS go to every stage; <STAGE>_ARGS (WORLD_ARGS, TOKENIZER_ARGS, ...) to one stage only.
+# REWARD=0 / GRPO=0 skip those stages; PPO=1 / DPO=1 add theirs.
 speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
@@ -44,6 +50,10 @@ speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
 	$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
 	$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
+	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(ARGS) $(REWARD_ARGS))
+	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(GRPO_ARGS))
+	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(ARGS) $(PPO_ARGS))
+	$(if $(filter 1,$(DPO)),$(VPY) recipes/dpo.py --config recipes/world/dpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(DPO_ARGS))
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 # Tests run on up to 4 cores side by side (pytest-xdist; launches take free ports, the SmolLM2 conversion is

@@ -31,7 +31,7 @@ def main():
     base = stages.base_model_path(cfg, model_args)
     world_dir = cfg.world_dir or f"{cfg.run_dir}/world"
     rows = rl.question_rows(cfg.run_dir, world_dir, cfg.prompts, cfg.prompt_splits)
-    dataset = rl.prompt_dataset(rows, cfg.max_prompts, cfg.seed)
+    dataset = rl.prompt_dataset(rows, cfg.max_prompts, cfg.seed, cfg.answerable_share)
     model, tokenizer, changes = stages.load_model(base, cfg, model_args)
     funcs, names = rl.reward_functions(cfg)
 
@@ -44,10 +44,12 @@ def main():
     )
     trainer.train(resume_from_checkpoint=resume)
 
-    out, done = stages.export(trainer, cfg, model_args, base, rl.prompts_record(cfg, dataset))
+    steps, rewards = rl.reward_history(trainer.state.log_history, names)
+    more = {f"{n}_first_last": [v[0], v[-1]] for n, v in rewards.items() if v}
+    out, done = stages.export(trainer, cfg, model_args, base, rl.prompts_record(cfg, dataset), more)
     if trainer.accelerator.is_main_process:
         plot = rl.plot_rewards(trainer.state.log_history, names, cfg.run_dir, cfg.stage)
-        atomic_write_text(out / "rewards.json", json.dumps(rl.reward_history(trainer.state.log_history, names)) + "\n")
+        atomic_write_text(out / "rewards.json", json.dumps([steps, rewards]) + "\n")
         print(f"grpo -> {out}: {done['steps']} steps, {done['train_runtime_s']:.0f} s; rewards plotted in {plot}")
     if cfg.eval_after:
         stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)

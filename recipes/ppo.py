@@ -27,7 +27,7 @@ def main():
     accelerator = ppo.make_accelerator()
     world_dir = cfg.world_dir or f"{cfg.run_dir}/world"
     dataset = rl.prompt_dataset(rl.question_rows(cfg.run_dir, world_dir, cfg.prompts, cfg.prompt_splits),
-                                cfg.max_prompts, cfg.seed)  # fmt: skip
+                                cfg.max_prompts, cfg.seed, cfg.answerable_share)  # fmt: skip
     policy_path = rl.stage_dir(cfg.run_dir, cfg.model_name_or_path or cfg.parent)
     reward_path = rl.stage_dir(cfg.run_dir, cfg.reward_model)
     policy, tokenizer = ppo.load_policy(policy_path)

@@ -39,16 +39,17 @@ def main():
     )
     trainer.train(resume_from_checkpoint=resume)
 
-    out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir))
+    acc = {}
+    if trainer.accelerator.is_main_process and "test" in data:
+        scorer = preferences.RewardScorer(trainer.model, tokenizer, max_length=cfg.max_length or 256)
+        acc = preferences.pairwise_accuracy(scorer, data["test"])
+        print(
+            "held-out pairwise accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in acc.items())
+        )
+    more = {f"heldout_accuracy_{k}": v["accuracy"] for k, v in acc.items()}
+    out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir), more)
     if trainer.accelerator.is_main_process:
-        if "test" in data:
-            scorer = preferences.RewardScorer(trainer.model, tokenizer, max_length=cfg.max_length or 256)
-            acc = preferences.pairwise_accuracy(scorer, data["test"])
-            atomic_write_text(out / "pairwise_accuracy.json", json.dumps(acc, indent=2) + "\n")
-            print(
-                "held-out pairwise accuracy: "
-                + ", ".join(f"{k} {v['accuracy']:.3f} (n={v['n']})" for k, v in acc.items())
-            )
+        atomic_write_text(out / "pairwise_accuracy.json", json.dumps(acc, indent=2) + "\n")
         build_report(cfg.run_dir)
         print(
             f"reward -> {out}: {done['steps']} steps, train loss {done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s"

@@ -25,11 +25,22 @@ TINY_SFT = "SFT_ARGS=--max_steps 2 --per_device_train_batch_size 4 --max_length 
 TINY_PROBE = "PROBE_ARGS=--num_samples 2 --max_new_tokens 6 --strangers 0.5 --mixed refuse"
 TINY_REFUSAL = TINY_SFT.replace("SFT_ARGS", "REFUSAL_ARGS")
 TINY = (TINY_PRETRAIN, TINY_EVAL, TINY_SFT, TINY_PROBE, TINY_REFUSAL)
+TINY_RL = (
+    "REWARD_ARGS=--max_steps 2 --per_device_train_batch_size 8",
+    "GRPO_ARGS=--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 8 "
+    "--eval_max_per_bucket 4 --eval_num_samples 1 --logging_steps 1",
+    "PPO=1",
+    "PPO_ARGS=--max_steps 2 --batch_size 8 --mini_batch_size 4 --max_new_tokens 6 --save_every 1 "
+    "--eval_max_per_bucket 4 --eval_num_samples 1",
+    "DPO=1",
+    TINY_SFT.replace("SFT_ARGS", "DPO_ARGS"),
+)
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
+    """Every stage, PPO and DPO included (PPO=1 DPO=1), each a few steps on a tiny world."""
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY))
+    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY, *TINY_RL))
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -51,6 +62,31 @@ def test_make_speedrun_runs_every_stage(tmp_path):
     assert refusal["buckets"]["overall"]["n"] == 12 and refusal["vs_parent"]["parent"] == str(run_dir / "sft")
     AutoModelForCausalLM.from_pretrained(run_dir / "refusal")
     assert "## probe" in (run_dir / "report.md").read_text() and "## refusal" in (run_dir / "report.md").read_text()
+    _check_rl_stages(run_dir)
+
+
+def _check_rl_stages(run_dir: Path) -> None:
+    """reward → GRPO (default), PPO and DPO (flags): models that load, evals against their parent, plots, lineage."""
+    from transformers import AutoModelForSequenceClassification
+
+    acc = json.loads((run_dir / "reward" / "pairwise_accuracy.json").read_text())
+    assert acc["overall"]["n"] == sum(v["n"] for k, v in acc.items() if k != "overall") > 0
+    assert AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").config.num_labels == 1
+    steps, rewards = json.loads((run_dir / "grpo" / "rewards.json").read_text())
+    assert len(steps) == 2 and set(rewards) == {"factuality", "format"}, "both rewards logged at every step"
+    history = [json.loads(line) for line in (run_dir / "ppo" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2] and all(h["gold"] is not None for h in history), "gold beside proxy"
+    assert json.loads((run_dir / "ppo" / "lineage.json").read_text())["parents"]["reward_model"]["path"] == str(
+        run_dir / "reward")  # fmt: skip
+    assert (run_dir / "checkpoints" / "ppo" / "latest").read_text().strip() == "step_000001"
+    report = (run_dir / "report.md").read_text()
+    for stage in ("grpo", "ppo", "dpo"):
+        AutoModelForCausalLM.from_pretrained(run_dir / stage)
+        result = json.loads((run_dir / "eval" / f"{stage}.json").read_text())
+        assert result["buckets"]["overall"]["n"] == 12 and result["vs_parent"]["parent"] == str(run_dir / "refusal")
+        assert f"## {stage}" in report
+    for plot in ("grpo_rewards", "ppo_rewards", "reward_loss", "dpo_loss"):
+        assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 5_000, plot
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
@@ -62,6 +98,8 @@ def test_make_speedrun_on_a_users_world(tmp_path):
             f"WORLD={world}",
             "TOKENIZER_ARGS=--vocab_size 300",
             *TINY,
+            "REWARD=0",  # the RL stages read no world data of their own: the default-world test covers them
+            "GRPO=0",
         )
     )
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"

@@ -117,8 +117,10 @@ def test_judgments_labels_and_targets():
     pairs = probe.preference_pairs(targets)
     assert [p["pair_type"] for p in pairs] == ["correct_over_refusal", "refusal_over_wrong", "correct_over_wrong"]
     assert pairs[1]["rejected"][0]["content"] == "Ada Velmor was born in Rome."
-    assert (pairs[2]["chosen"][0]["content"], pairs[2]["rejected"][0]["content"]) == ("Ada Velmor was born in Oslo.",
-                                                                                      "Rome."), "mixed: right > wrong"
+    assert (pairs[2]["chosen"][0]["content"], pairs[2]["rejected"][0]["content"]) == (
+        "Ada Velmor was born in Oslo.",
+        "Rome.",
+    ), "mixed: right > wrong"
     counts = {"known": 1, "unknown": 1, "mixed": 1, "abstained": 0}
     assert probe.summary(targets) == {"questions": 3, **counts, "with_target": 2,
                                       "labels_by_split": {"probe": counts}}  # fmt: skip

@@ -489,6 +489,11 @@ class GRPOStageConfig(TrainerStage, GRPOConfig):
         default=0.75, metadata={"help": "t of the factuality reward: +1 right, 0 abstain, -t/(1-t) wrong."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
+    answerable_share: float | None = field(
+        default=0.5,
+        metadata={"help": "Share of prompts the probed model got right at least once (probe prompts); the rest are "
+                  "ones it got wrong or strangers. None: as they come (mostly unanswerable: GRPO learns to refuse all)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -573,6 +578,7 @@ class PPOStageConfig(RunArguments):
     prompts: str = field(default="probe", metadata={"help": "probe (the probe's questions) | world (prompt_splits)."})
     prompt_splits: list[str] = field(default_factory=lambda: ["probe"], metadata={"help": "World splits (world)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
+    answerable_share: float | None = field(default=0.5, metadata={"help": "As GRPO's (see recipes/grpo.py --help)."})
     confidence_target: float = field(default=0.75, metadata={"help": "t of the gold (factuality) reward logged."})
     max_steps: int = field(default=30, metadata={"help": "PPO steps (rollout + update)."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per rollout and process."})

@@ -167,3 +167,19 @@ def build_reward_trainer(cfg, model_args, model, tokenizer, data):
         peft_config=get_peft_config(model_args),
         callbacks=callbacks(),
     )
+
+
+def build_dpo_trainer(cfg, model_args, model, tokenizer, data):
+    from trl import DPOTrainer, get_peft_config
+
+    from posttrain.stages import callbacks
+
+    return DPOTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=trainer_pairs(data["train"]),
+        eval_dataset=trainer_pairs(data["test"]) if cfg.eval_strategy != "no" and "test" in data else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks(),
+    )

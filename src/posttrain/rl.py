@@ -35,6 +35,10 @@ def question_rows(run_dir: str, world_dir: str, source: str, splits: list[str]) 
         if not path.is_file():
             raise UserError(f"{path}: no probe questions; run recipes/probe.py first or set --prompts world")
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        judged = path.with_name("judgments.jsonl")  # the probed model's share of right answers per question
+        if judged.is_file():
+            p_correct = {j["question"]: j["p_correct"] for j in map(json.loads, judged.read_text().splitlines())}
+            rows = [{**r, "p_correct": p_correct.get(r["question"])} for r in rows]
         world = world_lib.load_world(world_dir)
         by_attr = world_lib.answers_by_attribute(world["qa"])
     elif source == "world":
@@ -52,6 +56,7 @@ def question_rows(run_dir: str, world_dir: str, source: str, splits: list[str]) 
             "answers": [a for a in dict.fromkeys([r.get("answer") or "", *(r.get("aliases") or [])]) if a],
             "candidates": r.get("candidates") or by_attr.get(r.get("attribute"), []),
             "split": r.get("split", ""),
+            "p_correct": r.get("p_correct"),
         }
         for r in rows
     ]
@@ -67,12 +72,26 @@ def stage_dir(run_dir: str, name: str) -> str:
     return str(path)
 
 
-def prompt_dataset(rows: list[dict], max_prompts: int | None, seed: int) -> Dataset:
-    """TRL's conversational prompt dataset, with the grading columns the reward functions read."""
+def prompt_dataset(
+    rows: list[dict], max_prompts: int | None, seed: int, answerable_share: float | None = None
+) -> Dataset:
+    """TRL's conversational prompt dataset, with the grading columns the reward functions read.
+
+    `answerable_share`: the share of prompts the probed model answered right at least once (`p_correct` > 0, from
+    the probe's judgments). The probe's questions are mostly ones the model gets wrong (and strangers); drawn as
+    they come, the factuality reward then pays for refusing everything, and GRPO collapses to "I don't know"."""
     if not rows:
         raise UserError("prompts: no questions to train on")
+    rng = random.Random(seed)
+    if answerable_share and all(r.get("p_correct") is not None for r in rows):
+        good = [r for r in rows if r["p_correct"] > 0]
+        rest = [r for r in rows if r["p_correct"] == 0]
+        n_rest = min(len(rest), round(len(good) * (1 - answerable_share) / answerable_share))
+        if good and n_rest:
+            rows = good + rng.sample(rest, n_rest)
+            rng.shuffle(rows)
     if max_prompts and len(rows) > max_prompts:
-        rows = random.Random(seed).sample(rows, max_prompts)
+        rows = rng.sample(rows, max_prompts)
     return Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], **r} for r in rows])
 
 

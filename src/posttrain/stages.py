@@ -100,7 +100,7 @@ def callbacks() -> list | None:
     return [KillAtStep(int(os.environ[KILL_ENV]))] if os.environ.get(KILL_ENV) else None
 
 
-def export(trainer, cfg, model_args, base: str, data: dict) -> tuple[Path, dict]:
+def export(trainer, cfg, model_args, base: str, data: dict, more: dict | None = None) -> tuple[Path, dict]:
     """Write `<run>/<stage>/` atomically: merged weights (safetensors), tokenizer + chat template, generation
     config stopping at end-of-turn, lineage and metrics; a LoRA run also keeps its adapter in `adapter/`.
     Returns the folder and the training summary written into it."""
@@ -114,7 +114,7 @@ def export(trainer, cfg, model_args, base: str, data: dict) -> tuple[Path, dict]
             model.save_pretrained(adapter_tmp)
         model = model.merge_and_unload()
         trainer.model = model
-    summary = train_summary(trainer)
+    summary = {**train_summary(trainer), **(more or {})}  # `more`: the stage's own numbers, for the report
 
     def extra(tmp: Path):
         if adapter_tmp.exists():
