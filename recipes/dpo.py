@@ -6,7 +6,7 @@ accelerate launch --config_file accelerate_configs/ddp.yaml recipes/dpo.py --con
 """
 
 from accelerate.utils import set_seed
-from trl import ModelConfig
+from trl import DPOTrainer, ModelConfig
 
 from posttrain import preferences, stages
 from posttrain.configs import DPOStageConfig, parse_config
@@ -24,7 +24,7 @@ def main():
     mix, world_dir, data = preferences.load_pairs(cfg)
     model, tokenizer, changes = stages.load_model(base, cfg, model_args)
 
-    trainer = preferences.build_dpo_trainer(cfg, model_args, model, tokenizer, data)
+    trainer = preferences.build_trainer(DPOTrainer, cfg, model_args, model, tokenizer, data)
     trainer.accelerator.print(
         f"dpo: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}{'; '.join(changes)}), "
         f"{len(data['train']):,} pairs from {mix.source_file}, beta {cfg.beta}, "

@@ -12,7 +12,7 @@ accelerate launch --config_file accelerate_configs/ddp.yaml recipes/reward.py --
 import json
 
 from accelerate.utils import set_seed
-from trl import ModelConfig
+from trl import ModelConfig, RewardTrainer
 
 from posttrain import preferences, stages
 from posttrain.configs import RewardStageConfig, parse_config
@@ -31,7 +31,7 @@ def main():
     mix, world_dir, data = preferences.load_pairs(cfg)
     model, tokenizer = preferences.load_reward_model(base)
 
-    trainer = preferences.build_reward_trainer(cfg, model_args, model, tokenizer, data)
+    trainer = preferences.build_trainer(RewardTrainer, cfg, model_args, model, tokenizer, data)
     trainer.accelerator.print(
         f"reward: {base} + a reward head ({model.num_parameters() / 1e6:.2f}M parameters), {len(data['train']):,} "
         f"pairs from {mix.source_file} ({len(data.get('test', [])):,} held out), "

@@ -420,12 +420,9 @@ class SFTStageConfig(TrainerStage, SFTConfig):
 
 
 @dataclass
-class RewardStageConfig(TrainerStage, RewardConfig):
-    """`recipes/reward.py`: TRL's RewardConfig; a sequence-classification head on the parent stage's model, trained on
-    the probe's preference pairs (`<run>/probe/preferences.jsonl`) or a preference mix."""
+class PreferencePairs:
+    """Where reward modelling and DPO read their pairs from, and how they split and weigh them."""
 
-    stage: str = field(default="reward", metadata={"help": "Stage name: <run_dir>/<stage>/."})
-    parent: str = field(default="sft", metadata={"help": "Stage whose model gets the reward head."})
     data_mix: str | None = field(
         default=None, metadata={"help": "A 'preferences' mix; default: the probe's pairs in <run_dir>/probe/."}
     )
@@ -438,37 +435,13 @@ class RewardStageConfig(TrainerStage, RewardConfig):
                   "most this many times each (1: as they come). The probe gives ~20 wrong-vs-refusal pairs per "
                   "known-question pair; unbalanced, a reward model learns 'a refusal always wins'."},
     )  # fmt: skip
-    eval_after: bool = field(default=False, metadata={"help": "A reward model has no factuality eval."})
     max_length: int | None = field(default=128, metadata={"help": "Tokens per prompt + answer."})
 
 
 @dataclass
-class DPOStageConfig(TrainerStage, DPOConfig):
-    """`recipes/dpo.py`: TRL's DPOConfig on the probe's preference pairs, from the refusal model."""
+class RLPrompts:
+    """The questions an RL stage trains on (GRPO, PPO), and the confidence target of its factuality reward."""
 
-    stage: str = field(default="dpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
-    parent: str = field(default="refusal", metadata={"help": "Policy (and reference) model's stage."})
-    data_mix: str | None = field(
-        default=None, metadata={"help": "A 'preferences' mix; default: the probe's pairs in <run_dir>/probe/."}
-    )
-    heldout_share: float = field(default=0.1, metadata={"help": "Share of prompts held out (DPO's eval pairs)."})
-    balance_pair_types: int = field(
-        default=8,
-        metadata={"help": "Repeat the rarer pair types (pair_type) in training up to the commonest one's count, at "
-                  "most this many times each (1: as they come). The probe gives ~20 wrong-vs-refusal pairs per "
-                  "known-question pair; unbalanced, a reward model learns 'a refusal always wins'."},
-    )  # fmt: skip
-    max_length: int | None = field(default=128, metadata={"help": "Tokens per prompt + answer."})
-
-
-@dataclass
-class GRPOStageConfig(TrainerStage, GRPOConfig):
-    """`recipes/grpo.py`: TRL's GRPOConfig. Prompts: the world's questions about people of `prompt_splits`; rewards:
-    `posttrain.rewards` functions graded against the world, and/or a learned reward model. Every function is logged
-    (TRL's `rewards/<name>/mean`); one with weight 0 is logged only: the gold reward beside a learned proxy."""
-
-    stage: str = field(default="grpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
-    parent: str = field(default="refusal", metadata={"help": "Policy model's stage."})
     prompts: str = field(
         default="probe",
         metadata={"help": "probe: the probe's questions (<run>/probe/questions.jsonl: probe people + strangers) | "
@@ -477,6 +450,43 @@ class GRPOStageConfig(TrainerStage, GRPOConfig):
     prompt_splits: list[str] = field(
         default_factory=lambda: ["probe"], metadata={"help": "World splits whose questions are the prompts (world)."}
     )
+    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
+    answerable_share: float | None = field(
+        default=0.5,
+        metadata={"help": "Share of prompts the probed model got right at least once (probe prompts); the rest are "
+                  "ones it got wrong or strangers. None: as they come (mostly unanswerable: GRPO learns to refuse all)."},
+    )  # fmt: skip
+    confidence_target: float = field(
+        default=0.75, metadata={"help": "t of the factuality reward: +1 right, 0 abstain, -t/(1-t) wrong."}
+    )
+
+
+@dataclass
+class RewardStageConfig(PreferencePairs, TrainerStage, RewardConfig):
+    """`recipes/reward.py`: TRL's RewardConfig; a sequence-classification head on the parent stage's model, trained on
+    the probe's preference pairs (`<run>/probe/preferences.jsonl`) or a preference mix."""
+
+    stage: str = field(default="reward", metadata={"help": "Stage name: <run_dir>/<stage>/."})
+    parent: str = field(default="sft", metadata={"help": "Stage whose model gets the reward head."})
+    eval_after: bool = field(default=False, metadata={"help": "A reward model has no factuality eval."})
+
+
+@dataclass
+class DPOStageConfig(PreferencePairs, TrainerStage, DPOConfig):
+    """`recipes/dpo.py`: TRL's DPOConfig on the probe's preference pairs, from the refusal model."""
+
+    stage: str = field(default="dpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(default="refusal", metadata={"help": "Policy (and reference) model's stage."})
+
+
+@dataclass
+class GRPOStageConfig(RLPrompts, TrainerStage, GRPOConfig):
+    """`recipes/grpo.py`: TRL's GRPOConfig. Prompts: `RLPrompts`; rewards: `posttrain.rewards` functions graded
+    against the world, and/or a learned reward model. Every function is logged (TRL's `rewards/<name>/mean`); one
+    with weight 0 is logged only: the gold reward beside a learned proxy."""
+
+    stage: str = field(default="grpo", metadata={"help": "Stage name: <run_dir>/<stage>/ and eval/<stage>.json."})
+    parent: str = field(default="refusal", metadata={"help": "Policy model's stage."})
     rewards: list[str] = field(
         default_factory=lambda: ["factuality", "format"], metadata={"help": "posttrain.rewards functions used."}
     )
@@ -484,15 +494,6 @@ class GRPOStageConfig(TrainerStage, GRPOConfig):
         default=None,
         metadata={"help": "A reward model directory, or a stage of the run ('reward': <run_dir>/reward), scored after "
                   "the registry rewards (reward_weights follow that order)."},
-    )  # fmt: skip
-    confidence_target: float = field(
-        default=0.75, metadata={"help": "t of the factuality reward: +1 right, 0 abstain, -t/(1-t) wrong."}
-    )
-    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
-    answerable_share: float | None = field(
-        default=0.5,
-        metadata={"help": "Share of prompts the probed model got right at least once (probe prompts); the rest are "
-                  "ones it got wrong or strangers. None: as they come (mostly unanswerable: GRPO learns to refuse all)."},
     )  # fmt: skip
 
 
@@ -562,7 +563,7 @@ class ProbeConfig(RunArguments):
 
 
 @dataclass
-class PPOStageConfig(RunArguments):
+class PPOStageConfig(RLPrompts, RunArguments):
     """`recipes/ppo.py`: PPO (posttrain.ppo) with the refusal model as policy and frozen reference, the learned reward
     model as reward, and a value model initialised from it; prompts as GRPO's (`prompts`, `prompt_splits`)."""
 
@@ -575,11 +576,6 @@ class PPOStageConfig(RunArguments):
     world_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
     export_dir: str | None = field(default=None, metadata={"help": "The HF checkpoint; defaults to <run_dir>/<stage>."})
     checkpoint_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/checkpoints/<stage>."})
-    prompts: str = field(default="probe", metadata={"help": "probe (the probe's questions) | world (prompt_splits)."})
-    prompt_splits: list[str] = field(default_factory=lambda: ["probe"], metadata={"help": "World splits (world)."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many questions (sampled)."})
-    answerable_share: float | None = field(default=0.5, metadata={"help": "As GRPO's (see recipes/grpo.py --help)."})
-    confidence_target: float = field(default=0.75, metadata={"help": "t of the gold (factuality) reward logged."})
     max_steps: int = field(default=30, metadata={"help": "PPO steps (rollout + update)."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per rollout and process."})
     mini_batch_size: int = field(default=16, metadata={"help": "Answers per optimizer step."})

@@ -153,28 +153,13 @@ def trainer_pairs(ds: Dataset) -> Dataset:
     return ds.select_columns([c for c in ("prompt", "chosen", "rejected") if c in ds.column_names])
 
 
-def build_reward_trainer(cfg, model_args, model, tokenizer, data):
-    from trl import RewardTrainer, get_peft_config
+def build_trainer(trainer_cls, cfg, model_args, model, tokenizer, data):
+    """TRL's RewardTrainer or DPOTrainer on the pairs (`pair_type` dropped), held-out pairs as eval data when asked."""
+    from trl import get_peft_config
 
     from posttrain.stages import callbacks
 
-    return RewardTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=trainer_pairs(data["train"]),
-        eval_dataset=trainer_pairs(data["test"]) if cfg.eval_strategy != "no" and "test" in data else None,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        callbacks=callbacks(),
-    )
-
-
-def build_dpo_trainer(cfg, model_args, model, tokenizer, data):
-    from trl import DPOTrainer, get_peft_config
-
-    from posttrain.stages import callbacks
-
-    return DPOTrainer(
+    return trainer_cls(
         model=model,
         args=cfg,
         train_dataset=trainer_pairs(data["train"]),
