@@ -84,6 +84,7 @@ def _check_rl_stages(run_dir: Path) -> None:
         AutoModelForCausalLM.from_pretrained(run_dir / stage)
         result = json.loads((run_dir / "eval" / f"{stage}.json").read_text())
         assert result["buckets"]["overall"]["n"] == 12 and result["vs_parent"]["parent"] == str(run_dir / "refusal")
+        assert result["vs_base"]["parent"] == str(run_dir / "sft"), "refusal where the SFT model was wrong, after RL"
         assert f"## {stage}" in report
     for plot in ("grpo_rewards", "ppo_rewards", "reward_loss", "dpo_loss"):
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 5_000, plot

@@ -317,6 +317,12 @@ class FactualityConfig:
         metadata={"help": "The parent model's eval JSON (e.g. runs/<run>/eval/sft.json): adds `vs_parent` (known kept, "
                   "never_seen hallucination, refusal where the parent was wrong vs right)."},
     )  # fmt: skip
+    base_eval: str | None = field(
+        default=None,
+        metadata={"help": "A second, earlier reference (e.g. eval/sft.json for an RL stage whose parent is refusal): "
+                  "adds `vs_base`, the same comparison against it — refusal where *that* model was wrong vs right, "
+                  "before (the parent's own vs_parent) and after RL."},
+    )  # fmt: skip
 
     def __post_init__(self):
         for name in ("model", "eval_set", "output"):

@@ -199,11 +199,13 @@ def markdown_table(result: dict) -> str:
     cal = result["calibration"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines.append(f"\nCalibration (attempted answers): AUROC {fmt(cal['auroc'])}, ECE {fmt(cal['ece'])}")
-    vs = result.get("vs_parent")
-    if vs:
+    for key, who in (("vs_parent", "the parent"), ("vs_base", "the base")):
+        vs = result.get(key)
+        if not vs:
+            continue
         shift = vs["refusal_shift"]
         lines.append(
-            f"Against the parent ({vs['parent']}): refusal where it was wrong {fmt(shift['refusal_where_parent_wrong'])}"
+            f"Against {who} ({vs['parent']}): refusal where it was wrong {fmt(shift['refusal_where_parent_wrong'])}"
             f" vs right {fmt(shift['refusal_where_parent_right'])} (delta {fmt(shift['delta'])}, known + rare)"
             + (f"; known correct kept {fmt(vs['known_correct']['kept'])}" if "known_correct" in vs else "")
             + (f"; never_seen hallucination {fmt(vs['never_seen_hallucination']['parent'])} -> "
@@ -261,6 +263,9 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     if cfg.parent_eval and compare.samples_path(cfg.parent_eval).is_file():
         parent = json.loads(Path(cfg.parent_eval).read_text())
         result["vs_parent"] = compare.versus_parent(parent, result, compare.read_records(cfg.parent_eval), records)
+    if cfg.base_eval and compare.samples_path(cfg.base_eval).is_file():
+        base = json.loads(Path(cfg.base_eval).read_text())
+        result["vs_base"] = compare.versus_parent(base, result, compare.read_records(cfg.base_eval), records)
     out = Path(cfg.output)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown_table(result) + "\n")
