@@ -97,12 +97,19 @@ def reward_curves(steps: list[int], series: dict[str, list[float]], path: str | 
             target = axes[0] if i == 0 else axes[1]
             xs = [s for s, v in zip(steps, series[name]) if v is not None]
             ys = [v for v in series[name] if v is not None]
-            lines += target.plot(xs, ys, marker=".", color=colors[i % len(colors)], label=name)
+            color = colors[i % len(colors)]
+            target.plot(xs, ys, marker=".", linewidth=0.8, alpha=0.35, color=color)  # each logged step
+            lines += target.plot(xs, _running_mean(ys, 5), linewidth=2, color=color, label=f"{name} (mean of 5)")
         axes[0].set_ylabel(names[0] if names else "reward")
         if len(axes) > 1:
             axes[1].set_ylabel(", ".join(names[1:]))
         ax.set_xlabel("step")
         ax.set_title(title)
-        ax.legend(lines, [line.get_label() for line in lines], loc="best")
+        ax.legend(lines, [line.get_label() for line in lines], loc="best", framealpha=0.8)
         ax.grid(alpha=0.3)
     return Path(path)
+
+
+def _running_mean(ys: list[float], k: int) -> list[float]:
+    """The mean of the last k values at each point (fewer at the start): a noisy per-step reward made readable."""
+    return [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
