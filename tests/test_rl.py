@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_ok, free_port, random_base, recipe, run
+from conftest import assert_ok, free_port, random_base, run
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from posttrain import ppo, rl
@@ -165,12 +165,10 @@ def test_ppo_raises_the_reward_on_a_toy_task(tiny_run, tmp_path):
 
 
 def _rl_run(tiny_run, tmp_path) -> Path:
-    """A run with a (random) sft and refusal model and a tiny probe: what the RL stages start from."""
+    """A run with a (random) sft and refusal model: what the RL stages start from (prompts: the world's questions)."""
     run_dir = random_base(tiny_run, tmp_path / "run")
     for stage in ("sft", "refusal"):
         shutil.copytree(run_dir / "pretrain", run_dir / stage)
-    assert_ok(recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
-                     "--max_new_tokens", "6", "--strangers", "0.5", "--gate_baselines", "false"))  # fmt: skip
     return run_dir
 
 
@@ -191,7 +189,7 @@ def test_grpo_with_a_learned_reward_under_accelerate_launch_two_processes(tiny_r
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     proc = run([accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", "--main_process_port",
                 free_port(), "recipes/grpo.py", "--config", "recipes/world/grpo_rm.yaml", "--run_dir", str(run_dir),
-                *TINY_GRPO])  # fmt: skip
+                "--prompts", "world", "--prompt_splits", "probe", "sft", *TINY_GRPO])  # fmt: skip
     assert_ok(proc)
     assert "2 process(es)" in proc.stdout and "rewards factuality, reward_model (weights [0.0, 1.0])" in proc.stdout
     assert json.loads((run_dir / "grpo" / "metrics.json").read_text())["steps"] == 2
