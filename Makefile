@@ -8,7 +8,10 @@ RUN    ?= speedrun
 WORLD  ?=
 ARGS   ?=
 RUN_DIR ?= runs/$(RUN)
-# RL stages after refusal: reward model and GRPO by default; PPO (against the reward model) and DPO on request.
+# Stages after SFT: probe, refusal, reward model and GRPO by default; PPO (against the reward model) and DPO on
+# request. A stage set to 0 is skipped (the ones after it read its output).
+PROBE  ?= 1
+REFUSAL ?= 1
 REWARD ?= 1
 GRPO   ?= 1
 PPO    ?= 0
@@ -41,15 +44,15 @@ install-dev: $(VENV)/.stamp-dev
 
 # The whole pipeline on the embedded world (CONTRACTS §1). WORLD=<dir> imports a user's own world instead.
 # ARGS go to every stage; <STAGE>_ARGS (WORLD_ARGS, TOKENIZER_ARGS, ...) to one stage only.
-# REWARD=0 / GRPO=0 skip those stages; PPO=1 / DPO=1 add theirs.
+# PROBE=0, REFUSAL=0, REWARD=0, GRPO=0 skip those stages; PPO=1 / DPO=1 add theirs.
 speedrun: $(VENV)/.stamp-base
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 100 $(EVAL_ARGS)
 	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
-	$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
-	$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
+	$(if $(filter 1,$(PROBE)),$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS))
+	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS))
 	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(ARGS) $(REWARD_ARGS))
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(GRPO_ARGS))
 	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(ARGS) $(PPO_ARGS))

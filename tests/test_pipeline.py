@@ -29,16 +29,11 @@ TINY_RL = (
     "REWARD_ARGS=--max_steps 2 --per_device_train_batch_size 8",
     "GRPO_ARGS=--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 8 "
     "--eval_max_per_bucket 4 --eval_num_samples 1 --logging_steps 1",
-    "PPO=1",
-    "PPO_ARGS=--max_steps 2 --batch_size 8 --mini_batch_size 4 --max_new_tokens 6 --save_every 1 "
-    "--eval_max_per_bucket 4 --eval_num_samples 1",
-    "DPO=1",
-    TINY_SFT.replace("SFT_ARGS", "DPO_ARGS"),
 )
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
-    """Every stage, PPO and DPO included (PPO=1 DPO=1), each a few steps on a tiny world."""
+    """Every default stage, each a few steps on a tiny world (PPO and DPO, optional, run in test_rl)."""
     run_dir = tmp_path / "speedrun"
     assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY, *TINY_RL))
     assert len(load_world(run_dir / "world")["qa"]) > 0
@@ -66,7 +61,7 @@ def test_make_speedrun_runs_every_stage(tmp_path):
 
 
 def _check_rl_stages(run_dir: Path) -> None:
-    """reward → GRPO (default), PPO and DPO (flags): models that load, evals against their parent, plots, lineage."""
+    """reward → GRPO: models that load, the eval against the parent and the SFT model, plots, lineage."""
     from transformers import AutoModelForSequenceClassification
 
     acc = json.loads((run_dir / "reward" / "pairwise_accuracy.json").read_text())
@@ -74,20 +69,21 @@ def _check_rl_stages(run_dir: Path) -> None:
     assert AutoModelForSequenceClassification.from_pretrained(run_dir / "reward").config.num_labels == 1
     steps, rewards = json.loads((run_dir / "grpo" / "rewards.json").read_text())
     assert len(steps) == 2 and set(rewards) == {"factuality", "format"}, "both rewards logged at every step"
-    history = [json.loads(line) for line in (run_dir / "ppo" / "history.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [1, 2] and all(h["gold"] is not None for h in history), "gold beside proxy"
-    assert json.loads((run_dir / "ppo" / "lineage.json").read_text())["parents"]["reward_model"]["path"] == str(
-        run_dir / "reward")  # fmt: skip
-    assert (run_dir / "checkpoints" / "ppo" / "latest").read_text().strip() == "step_000001"
+    AutoModelForCausalLM.from_pretrained(run_dir / "grpo")
+    result = json.loads((run_dir / "eval" / "grpo.json").read_text())
+    assert result["buckets"]["overall"]["n"] == 12 and result["vs_parent"]["parent"] == str(run_dir / "refusal")
+    assert result["vs_base"]["parent"] == str(run_dir / "sft"), "refusal where the SFT model was wrong, after RL"
     report = (run_dir / "report.md").read_text()
-    for stage in ("grpo", "ppo", "dpo"):
-        AutoModelForCausalLM.from_pretrained(run_dir / stage)
-        result = json.loads((run_dir / "eval" / f"{stage}.json").read_text())
-        assert result["buckets"]["overall"]["n"] == 12 and result["vs_parent"]["parent"] == str(run_dir / "refusal")
-        assert result["vs_base"]["parent"] == str(run_dir / "sft"), "refusal where the SFT model was wrong, after RL"
-        assert f"## {stage}" in report
-    for plot in ("grpo_rewards", "ppo_rewards", "reward_loss", "dpo_loss"):
+    assert "## reward" in report and "## grpo" in report and "heldout_accuracy_overall" in report
+    for plot in ("grpo_rewards", "reward_loss"):
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 5_000, plot
+
+
+def test_optional_stages_are_one_flag_each():
+    plan = run(["make", "-n", "speedrun", "VENV=.venv", "PPO=1", "DPO=1", "GRPO=0"]).stdout
+    assert "recipes/ppo.py --config recipes/world/ppo.yaml" in plan and "recipes/dpo.py" in plan
+    assert "recipes/grpo.py" not in plan and "recipes/reward.py" in plan
+    assert "recipes/ppo.py" not in run(["make", "-n", "speedrun", "VENV=.venv"]).stdout, "off by default"
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
@@ -99,13 +95,17 @@ def test_make_speedrun_on_a_users_world(tmp_path):
             f"WORLD={world}",
             "TOKENIZER_ARGS=--vocab_size 300",
             *TINY,
-            "REWARD=0",  # the RL stages read no world data of their own: the default-world test covers them
+            # what comes after SFT runs on the default world's test; a user's world in the probe: test_probe
+            "PROBE=0",
+            "REFUSAL=0",
+            "REWARD=0",
             "GRPO=0",
         )
     )
     assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((run_dir / "pretrain" / "lineage.json").read_text())["parents"]["world"]["hash"]
+    assert json.loads((run_dir / "eval" / "sft.json").read_text())["buckets"]["overall"]["n"] > 0
 
 
 def test_accelerate_launch_two_processes_writes_one_world(tmp_path):

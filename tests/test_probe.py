@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from conftest import REPO, assert_ok, random_base, recipe
+from conftest import REPO, assert_ok, random_base, recipe, recipe_here
 
 from posttrain import probe
 from posttrain.errors import UserError
@@ -148,7 +148,7 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     from test_sft import TINY_SFT
 
     run_dir = random_base(tiny_run, tmp_path / "run")
-    assert_ok(recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
+    assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
     tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 0.5}
     proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),
                   *[x for k, v in tiny_probe.items() for x in (f"--{k}", str(v))])  # fmt: skip

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_ok, free_port, random_base, run
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from conftest import assert_ok, free_port, random_base, recipe_here, run
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from posttrain import ppo, rl
 from posttrain.preferences import balance, held_out
@@ -177,15 +177,20 @@ TINY_GRPO = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--num_ge
              "--logging_steps", "1"]  # fmt: skip
 
 
+def _random_reward_model(run_dir: Path) -> None:
+    """runs/<run>/reward/: the SFT model with an untrained one-output head (what PPO and GRPO-with-RM read)."""
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "sft")
+    reward = AutoModelForSequenceClassification.from_pretrained(run_dir / "sft", num_labels=1)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(run_dir / "reward")
+    tokenizer.save_pretrained(run_dir / "reward")
+
+
 def test_grpo_with_a_learned_reward_under_accelerate_launch_two_processes(tiny_run, tmp_path):
     """RLHF without a value model: GRPO on 2 processes scores answers with a reward model (weight 1) and logs the
     gold factuality reward beside it (weight 0); both are plotted."""
     run_dir = _rl_run(tiny_run, tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "sft")
-    reward = AutoModelForSequenceClassification.from_pretrained(run_dir / "sft", num_labels=1)  # an untrained head
-    reward.config.pad_token_id = tokenizer.pad_token_id
-    reward.save_pretrained(run_dir / "reward")
-    tokenizer.save_pretrained(run_dir / "reward")
+    _random_reward_model(run_dir)
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     proc = run([accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", "--main_process_port",
                 free_port(), "recipes/grpo.py", "--config", "recipes/world/grpo_rm.yaml", "--run_dir", str(run_dir),
@@ -196,6 +201,46 @@ def test_grpo_with_a_learned_reward_under_accelerate_launch_two_processes(tiny_r
     steps, rewards = json.loads((run_dir / "grpo" / "rewards.json").read_text())
     assert len(steps) == 2 and all(v is not None for v in rewards["factuality"] + rewards["reward_model"])
     assert (run_dir / "plots" / "grpo_rewards.png").is_file() and (run_dir / "eval" / "grpo.json").is_file()
+
+
+def test_ppo_and_dpo_recipes(tiny_run, tmp_path):
+    """The optional stages (make speedrun PPO=1 DPO=1), in this process: PPO against a reward model with the gold
+    reward logged, a checkpoint to resume from, the plot; DPO on preference pairs; both evaluated."""
+    run_dir = _rl_run(tiny_run, tmp_path)
+    _random_reward_model(run_dir)
+    eval_args = ["--eval_max_per_bucket", "3", "--eval_num_samples", "1"]
+    proc = recipe_here("recipes/ppo.py", "--config", "recipes/world/ppo.yaml", "--run_dir", str(run_dir),
+                       "--prompts", "world", "--max_steps", "2", "--batch_size", "8", "--mini_batch_size", "4",
+                       "--max_new_tokens", "6", "--save_every", "1", *eval_args)  # fmt: skip
+    assert_ok(proc)
+    history = [json.loads(line) for line in (run_dir / "ppo" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2] and all(h["gold"] is not None for h in history), "gold beside proxy"
+    lineage = json.loads((run_dir / "ppo" / "lineage.json").read_text())
+    assert lineage["parents"]["reward_model"]["path"] == str(run_dir / "reward")
+    assert (run_dir / "checkpoints" / "ppo" / "latest").read_text().strip() == "step_000001"
+    assert (run_dir / "plots" / "ppo_rewards.png").stat().st_size > 5_000
+    result = json.loads((run_dir / "eval" / "ppo.json").read_text())
+    assert result["buckets"]["overall"]["n"] == 9 and AutoModelForCausalLM.from_pretrained(run_dir / "ppo")
+
+    rows = rl.question_rows(str(run_dir), str(run_dir / "world"), "world", ["probe"])[:24]
+    (run_dir / "probe").mkdir()
+    with (run_dir / "probe" / "preferences.jsonl").open("w") as f:
+        for i, r in enumerate(rows):
+            right, refusal = f"It is {r['answers'][0]}.", "I don't know."
+            chosen, rejected, kind = (right, refusal, "correct_over_refusal") if i % 2 else (refusal, "It is x.",
+                                                                                        "refusal_over_wrong")  # fmt: skip
+            f.write(json.dumps({"prompt": [{"role": "user", "content": r["question"]}],
+                                "chosen": [{"role": "assistant", "content": chosen}],
+                                "rejected": [{"role": "assistant", "content": rejected}], "pair_type": kind}) + "\n")  # fmt: skip
+    proc = recipe_here("recipes/dpo.py", "--config", "recipes/world/dpo.yaml", "--run_dir", str(run_dir),
+                       "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                       *eval_args)  # fmt: skip
+    assert_ok(proc)
+    assert json.loads((run_dir / "eval" / "dpo.json").read_text())["buckets"]["overall"]["n"] == 9
+    assert json.loads((run_dir / "dpo" / "lineage.json").read_text())["data_mix"]["path"].endswith(
+        "world_preferences.yaml")  # fmt: skip
+    report = (run_dir / "report.md").read_text()
+    assert "## ppo" in report and "## dpo" in report
 
 
 def test_rl_prompts_never_come_from_evaluation_people(tiny_run):
