@@ -48,7 +48,7 @@ def main():
     more = {f"{n}_first_last": [v[0], v[-1]] for n, v in rewards.items() if v}
     out, done = stages.export(trainer, cfg, model_args, base, rl.prompts_record(cfg, dataset), more)
     if trainer.accelerator.is_main_process:
-        plot = rl.plot_rewards(trainer.state.log_history, names, cfg.run_dir, cfg.stage)
+        plot = rl.plot_rewards(steps, rewards, cfg.run_dir, cfg.stage)
         atomic_write_text(out / "rewards.json", json.dumps([steps, rewards]) + "\n")
         print(f"grpo -> {out}: {done['steps']} steps, {done['train_runtime_s']:.0f} s; rewards plotted in {plot}")
     if cfg.eval_after:

@@ -246,7 +246,7 @@ def test_ppo_and_dpo_recipes(tiny_run, tmp_path):
 def test_rl_prompts_never_come_from_evaluation_people(tiny_run):
     from posttrain.errors import UserError
 
-    with pytest.raises(UserError, match="evaluation split"):
+    with pytest.raises(UserError, match="unknown world split 'eval_known' \\(known: sft, probe\\)"):
         rl.question_rows(str(tiny_run), str(tiny_run / "world"), "world", ["probe", "eval_known"])
     rows = rl.question_rows(str(tiny_run), str(tiny_run / "world"), "world", ["probe", "sft"])
     assert rows and {r["split"] for r in rows} == {"probe", "sft"} and all(r["answers"] for r in rows)

@@ -154,9 +154,8 @@ class PPOTrainer:
     def __init__(self, cfg, accelerator, policy, ref_policy, value_model, tokenizer, rows, reward_fn, gold_fn=None):
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.rows, self.reward_fn, self.gold_fn = rows, reward_fn, gold_fn
-        self.stop_ids = list(policy.generation_config.eos_token_id or [])
-        if isinstance(self.stop_ids, int):
-            self.stop_ids = [self.stop_ids]
+        eos = policy.generation_config.eos_token_id
+        self.stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
         model = PolicyAndValue(policy, value_model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
@@ -305,27 +304,18 @@ def write_history(history: list[dict], path: Path) -> None:
 
 def make_accelerator():
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
 
-    from posttrain.runtime import process_group_kwargs, use_cpu
+    from posttrain.runtime import accelerator_kwargs
 
-    group = process_group_kwargs()
-    return Accelerator(cpu=use_cpu(), kwargs_handlers=[InitProcessGroupKwargs(**group)] if group else [])
+    return Accelerator(**accelerator_kwargs())
 
 
 def load_policy(path: str):
-    """(causal LM, chat-ready tokenizer) in fp32; a bad directory is one clear error."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(causal LM in fp32, chat-ready tokenizer); a bad directory is one clear error (`stages.load_causal_lm`)."""
     from posttrain.chat import prepare_chat
-    from posttrain.errors import UserError
+    from posttrain.stages import load_causal_lm
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    model, tokenizer = load_causal_lm(path, torch.float32)
     prepare_chat(model, tokenizer, assistant_only_loss=False)
     return model, tokenizer
 
@@ -335,7 +325,7 @@ def export(trainer: PPOTrainer, cfg, policy_path: str, reward_path: str, prompts
     history (`history.jsonl`: proxy score, gold reward, KL, losses), written atomically."""
     from posttrain.configs import to_dict
     from posttrain.lineage import write_lineage
-    from posttrain.stages import _model_hash
+    from posttrain.stages import model_hash
 
     acc = trainer.accelerator
     policy = trainer._unwrapped().policy
@@ -346,8 +336,8 @@ def export(trainer: PPOTrainer, cfg, policy_path: str, reward_path: str, prompts
     def extra(tmp: Path):
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_history(trainer.history, tmp / "history.jsonl")
-        parents = {"model": {"path": policy_path, "hash": _model_hash(policy_path)},
-                   "reward_model": {"path": reward_path, "hash": _model_hash(reward_path)}}  # fmt: skip
+        parents = {"model": {"path": policy_path, "hash": model_hash(policy_path)},
+                   "reward_model": {"path": reward_path, "hash": model_hash(reward_path)}}  # fmt: skip
         write_lineage(tmp, cfg.stage, to_dict(cfg), parents=parents, data_mix=prompts, summary=summary)
 
     return checkpoint.export_hf(acc, policy, trainer.tokenizer, cfg.export_dir, policy.generation_config, extra)

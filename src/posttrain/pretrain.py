@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
-from accelerate.utils import InitProcessGroupKwargs
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -29,26 +28,22 @@ from transformers import get_scheduler
 
 from posttrain import checkpoint
 from posttrain.errors import UserError
-from posttrain.runtime import process_group_kwargs, use_cpu
+from posttrain.runtime import accelerator_kwargs
 from posttrain.throughput import device_peak_flops, mfu
 
 
 def make_accelerator(cfg, grad_accum: int) -> Accelerator:
     """The Accelerator for a config: CPU/gloo without CUDA, bf16 where the GPU has it, trackers if installed."""
-    cpu = use_cpu()
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     trackers = [t for t in cfg.report_to if t not in ("none", "")]
-    group = process_group_kwargs()
-    kwargs = [InitProcessGroupKwargs(**group)] if group else []
     accelerator = Accelerator(
-        cpu=cpu,
+        **accelerator_kwargs(),
         mixed_precision=precision,
         gradient_accumulation_steps=grad_accum,
         log_with=trackers or None,
         project_dir=cfg.run_dir,
-        kwargs_handlers=kwargs,
     )
     if accelerator.state.deepspeed_plugin is not None:  # our loaders are not prepared by accelerate: say the size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (

@@ -22,34 +22,29 @@ from posttrain.plots import reward_curves
 from posttrain.preferences import RewardScorer, load_reward_model
 from posttrain.rewards import get_rewards
 
-FORBIDDEN_SPLITS = ("eval_known", "eval_rare", "never_seen")
-
 
 def question_rows(run_dir: str, world_dir: str, source: str, splits: list[str]) -> list[dict]:
-    """{question, answers, candidates, split} rows from the probe's questions or the world's splits."""
-    bad = [s for s in splits if s in FORBIDDEN_SPLITS]
-    if bad:
-        raise UserError(f"prompt_splits: '{bad[0]}' is an evaluation split; RL may not train on its questions")
+    """{question, answers, candidates, split} rows from the probe's questions or the world's splits (training
+    splits only: `world.check_splits` against `world.TRAIN_SPLITS`, as the probe checks its own)."""
+    splits = world_lib.check_splits(splits, world_lib.TRAIN_SPLITS)
+    if source not in ("probe", "world"):
+        raise UserError(f"prompts must be probe or world, got '{source}'")
+    path = Path(run_dir) / "probe" / "questions.jsonl"
+    if source == "probe" and not path.is_file():
+        raise UserError(f"{path}: no probe questions; run recipes/probe.py first or set --prompts world")
+    world = world_lib.load_world(world_dir)
+    by_attr = world_lib.answers_by_attribute(world["qa"])
     if source == "probe":
-        path = Path(run_dir) / "probe" / "questions.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path}: no probe questions; run recipes/probe.py first or set --prompts world")
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         judged = path.with_name("judgments.jsonl")  # the probed model's share of right answers per question
         if judged.is_file():
             p_correct = {j["question"]: j["p_correct"] for j in map(json.loads, judged.read_text().splitlines())}
             rows = [{**r, "p_correct": p_correct.get(r["question"])} for r in rows]
-        world = world_lib.load_world(world_dir)
-        by_attr = world_lib.answers_by_attribute(world["qa"])
-    elif source == "world":
-        world = world_lib.load_world(world_dir)
-        by_attr = world_lib.answers_by_attribute(world["qa"])
-        rows = [r for r in world["qa"] if r["split"] in splits]
+        leaked = next((r for r in rows if r.get("split") in world_lib.EVAL_BUCKETS), None)
+        if leaked is not None:
+            raise UserError(f"{path}: '{leaked['question']}' asks about an {leaked['split']} person")
     else:
-        raise UserError(f"prompts must be probe or world, got '{source}'")
-    leaked = next((r for r in rows if r.get("split") in FORBIDDEN_SPLITS), None)
-    if leaked is not None:
-        raise UserError(f"prompts: '{leaked['question']}' asks about an {leaked['split']} person")
+        rows = list(world_lib.qa_view(world, splits))
     return [
         {
             "question": r["question"],
@@ -95,13 +90,11 @@ def prompt_dataset(
     return Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], **r} for r in rows])
 
 
-def reward_functions(cfg, device=None) -> tuple[list, list[str]]:
+def reward_functions(cfg) -> tuple[list, list[str]]:
     """The config's registry rewards (bound to its t), then the learned reward model when one is given."""
     funcs = get_rewards(cfg.rewards, t=cfg.confidence_target)
     if cfg.reward_model:
         model, tokenizer = load_reward_model(stage_dir(cfg.run_dir, cfg.reward_model))
-        if device is not None:
-            model.to(device)
         funcs.append(RewardScorer(model, tokenizer))
     return funcs, [f.__name__ for f in funcs]
 
@@ -114,10 +107,9 @@ def reward_history(log_history: list[dict], names: list[str]) -> tuple[list[int]
     }
 
 
-def plot_rewards(log_history: list[dict], names: list[str], run_dir: str, stage: str) -> Path:
-    """`<run>/plots/<stage>_rewards.png`: every reward's mean per logged step, the gold one first."""
-    steps, series = reward_history(log_history, names)
-    order = sorted(names, key=lambda n: n != "factuality")  # the gold reward first, on the left axis
+def plot_rewards(steps: list[int], series: dict[str, list], run_dir: str, stage: str) -> Path:
+    """`<run>/plots/<stage>_rewards.png`: every reward's mean per logged step (`reward_history`), the gold first."""
+    order = sorted(series, key=lambda n: n != "factuality")  # the gold reward first, on the left axis
     path = Path(run_dir) / "plots" / f"{stage}_rewards.png"
     return reward_curves(steps, {n: series[n] for n in order}, path, f"{stage}: rewards per step (gold: factuality)")
 

@@ -41,6 +41,14 @@ def process_group_kwargs() -> dict:
     return {}
 
 
+def accelerator_kwargs() -> dict:
+    """`Accelerator(**accelerator_kwargs(), ...)`: the CPU decision and the process group, as every stage sets them."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    group = process_group_kwargs()
+    return {"cpu": use_cpu(), "kwargs_handlers": [InitProcessGroupKwargs(**group)] if group else []}
+
+
 def _deepspeed_reduces_over_gloo() -> None:
     """DeepSpeed on CPU JIT-compiles a shared-memory all-reduce kernel the first time it sets up its comm layer
     (a minute of C++ build on 2 cores, and a compiler on the machine). The group here is gloo, which does the same

@@ -41,23 +41,25 @@ def base_model_path(cfg, model_args) -> str:
     return path
 
 
+def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implementation: str | None = None):
+    """(model, tokenizer) from a directory or Hub id; what cannot load (truncated weights, no network for a Hub id,
+    a bad config) is one UserError naming the path."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    return model, tokenizer
+
+
 def load_model(path: str, cfg, model_args):
     """Model and tokenizer, dtype from the device (bf16 where the config trains in bf16), chat-ready."""
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
     dtype = (
         model_args.dtype if model_args.dtype not in (None, "auto") else (torch.bfloat16 if cfg.bf16 else torch.float32)
     )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-        )
-    except (
-        OSError,
-        ValueError,
-        RuntimeError,
-        SafetensorError,
-    ) as exc:  # truncated weights, no network for a Hub id, bad config
-        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    model, tokenizer = load_causal_lm(path, dtype, model_args.model_revision, model_args.attn_implementation)
     changes = prepare_chat(model, tokenizer, getattr(cfg, "assistant_only_loss", False))
     return model, tokenizer, changes
 
@@ -120,7 +122,7 @@ def export(trainer, cfg, model_args, base: str, data: dict, more: dict | None = 
         if adapter_tmp.exists():
             shutil.move(str(adapter_tmp), tmp / "adapter")
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        parents = {"model": {"path": base, "hash": _model_hash(base)}}
+        parents = {"model": {"path": base, "hash": model_hash(base)}}
         config = {**cfg.to_dict(), **{f"model.{k}": v for k, v in model_args.__dict__.items()}}
         write_lineage(tmp, cfg.stage, config, parents=parents,
                       data_mix=data, summary=summary)  # fmt: skip
@@ -145,7 +147,7 @@ def mix_record(mix, world_dir: str) -> dict:
     return {"path": str(mix.source_file), "hash": mix_hash(mix, world_dir)}
 
 
-def _model_hash(path: str) -> str | None:
+def model_hash(path: str) -> str | None:
     return folder_hash(path, ("*.safetensors", "config.json"))[:16] if Path(path).is_dir() else None
 
 
