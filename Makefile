@@ -57,6 +57,7 @@ speedrun: $(VENV)/.stamp-base
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(GRPO_ARGS))
 	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(ARGS) $(PPO_ARGS))
 	$(if $(filter 1,$(DPO)),$(VPY) recipes/dpo.py --config recipes/world/dpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(DPO_ARGS))
+	@$(VPY) -m posttrain.report $(RUN_DIR)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 
 # Tests run on up to 4 cores side by side (pytest-xdist; launches take free ports, the SmolLM2 conversion is

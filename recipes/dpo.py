@@ -8,7 +8,7 @@ accelerate launch --config_file accelerate_configs/ddp.yaml recipes/dpo.py --con
 from accelerate.utils import set_seed
 from trl import DPOTrainer, ModelConfig
 
-from posttrain import preferences, stages
+from posttrain import hub, preferences, stages
 from posttrain.configs import DPOStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.pretrain import set_threads
@@ -37,6 +37,7 @@ def main():
         stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
+        hub.push_if_asked(cfg, out)
         print(
             f"dpo -> {out}: {done['steps']} steps, train loss {done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s"
         )

@@ -15,7 +15,7 @@ import json
 from accelerate.utils import set_seed
 from trl import ModelConfig
 
-from posttrain import rl, stages
+from posttrain import hub, rl, stages
 from posttrain.configs import GRPOStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.lineage import atomic_write_text
@@ -55,6 +55,7 @@ def main():
         stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
+        hub.push_if_asked(cfg, out)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
 

@@ -11,7 +11,7 @@ accelerate launch --config_file accelerate_configs/ddp.yaml recipes/ppo.py --con
 
 from accelerate.utils import set_seed
 
-from posttrain import ppo, rl, stages
+from posttrain import hub, ppo, rl, stages
 from posttrain.configs import PPOStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.plots import reward_curves
@@ -61,6 +61,7 @@ def main():
         stages.evaluate_after(cfg, trainer._unwrapped().policy, tokenizer, world_dir)
     if accelerator.is_main_process:
         build_report(cfg.run_dir)
+        hub.push_if_asked(cfg, out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer, GenerationConfig
 
-from posttrain import checkpoint
+from posttrain import checkpoint, hub
 from posttrain.configs import PretrainConfig, parse_config, to_dict
 from posttrain.data import load_mix, mix_hash, read_mix
 from posttrain.errors import UserError, entrypoint
@@ -98,6 +98,7 @@ def main():
     if accelerator.is_main_process:
         loss_curves(records, cfg.stage_dir("plots") / "pretrain_loss.png", "Pretraining")
         build_report(cfg.run_dir)
+        hub.push_if_asked(cfg, out)
         print(
             f"pretrain -> {out}: val loss {summary['val_loss']:.4f}, {summary['val_bpb']:.4f} bits/byte, "
             f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} ({result['peak_source']})"

@@ -14,7 +14,7 @@ import json
 from accelerate.utils import set_seed
 from trl import ModelConfig, RewardTrainer
 
-from posttrain import preferences, stages
+from posttrain import hub, preferences, stages
 from posttrain.configs import RewardStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.lineage import atomic_write_text
@@ -51,6 +51,7 @@ def main():
     if trainer.accelerator.is_main_process:
         atomic_write_text(out / "pairwise_accuracy.json", json.dumps(acc, indent=2) + "\n")
         build_report(cfg.run_dir)
+        hub.push_if_asked(cfg, out)
         print(
             f"reward -> {out}: {done['steps']} steps, train loss {done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s"
         )

@@ -12,7 +12,7 @@ python recipes/sft.py --config recipes/world/refusal.yaml --rounds 2   # refusal
 from accelerate.utils import set_seed
 from trl import ModelConfig
 
-from posttrain import sft, stages
+from posttrain import hub, sft, stages
 from posttrain.configs import SFTStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.pretrain import set_threads
@@ -45,6 +45,8 @@ def main():
             stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
         if trainer.accelerator.is_main_process:
             build_report(cfg.run_dir)
+            if round_ == cfg.rounds:
+                hub.push_if_asked(cfg, out)
             print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
                   f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
         trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still reports

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, TINY_WORLD, assert_ok, free_port, run
+from huggingface_hub import ModelCard
 from test_world import _hand_made_world, _same_tree
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,14 +29,19 @@ TINY = (TINY_PRETRAIN, TINY_EVAL, TINY_SFT, TINY_PROBE, TINY_REFUSAL)
 TINY_RL = (
     "REWARD_ARGS=--max_steps 2 --per_device_train_batch_size 8",
     "GRPO_ARGS=--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 8 "
-    "--eval_max_per_bucket 4 --eval_num_samples 1 --logging_steps 1",
+    "--eval_max_per_bucket 4 --eval_num_samples 1 --logging_steps 1 --push_to_hub --hub_model_id org/tiny-grpo "
+    "--dry_run",
 )
 
 
 def test_make_speedrun_runs_every_stage(tmp_path):
     """Every default stage, each a few steps on a tiny world (PPO and DPO, optional, run in test_rl)."""
     run_dir = tmp_path / "speedrun"
-    assert_ok(_make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY, *TINY_RL))
+    proc = _make(f"RUN_DIR={run_dir}", f"WORLD_ARGS={' '.join(TINY_WORLD)}", *TINY, *TINY_RL)
+    assert_ok(proc)
+    # the run ends with the report's stage-by-stage table; GRPO's --push_to_hub --dry_run listed its upload
+    assert "| grpo | " in proc.stdout and f"report: {run_dir}/report.md" in proc.stdout
+    assert "would upload" in proc.stdout and "  model.safetensors" in proc.stdout
     assert len(load_world(run_dir / "world")["qa"]) > 0
     tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -75,7 +81,10 @@ def _check_rl_stages(run_dir: Path) -> None:
     assert result["vs_base"]["parent"] == str(run_dir / "sft"), "refusal where the SFT model was wrong, after RL"
     report = (run_dir / "report.md").read_text()
     assert "## reward" in report and "## grpo" in report and "heldout_accuracy_overall" in report
-    for plot in ("grpo_rewards", "reward_loss"):
+    assert "## Time and tokens per stage" in report and "## Factuality, stage by stage" in report
+    card = ModelCard.load(run_dir / "grpo" / "README.md")
+    assert card.data.model_name == "org/tiny-grpo" and {r.dataset_split for r in card.data.eval_results} >= {"known"}
+    for plot in ("grpo_rewards", "reward_loss", "factuality"):
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 5_000, plot
 
 

@@ -159,6 +159,32 @@ class RunArguments:
 
 
 @dataclass
+class HubPush:
+    """Push the stage's exported folder to the Hub when it is done (posttrain.hub): a model card from the lineage
+    records and eval/<stage>.json, then upload_folder. TRL's own `push_to_hub` / `hub_model_id` / `hub_revision`
+    fields mean the same in the TRL-based stages (the Trainer's own pushing is switched off: we push once, at the
+    end, from the exported folder)."""
+
+    push_to_hub: bool = field(default=False, metadata={"help": "Push <run_dir>/<stage>/ with a model card at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "ORG/NAME of the Hub repo."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created if missing)."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the repo private."})
+    dry_run: bool = field(default=False, metadata={"help": "With push_to_hub: only print the files it would upload."})
+
+    def hub_push_requested(self) -> bool:
+        return bool(getattr(self, "_hub_push", self.push_to_hub))
+
+    def __post_init__(self):  # checked before any training, not after it
+        if self.hub_push_requested() and not self.hub_model_id:
+            raise UserError("push_to_hub needs hub_model_id ORG/NAME")
+        if self.hub_model_id and self.hub_model_id.count("/") != 1:
+            raise UserError(f"hub_model_id must be ORG/NAME, got '{self.hub_model_id}'")
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+@dataclass
 class WorldConfig(RunArguments):
     """`recipes/world.py`: generate the embedded fictional world, or import a user's own (`from_dir`)."""
 
@@ -225,7 +251,7 @@ class TokenizerConfig(RunArguments):
 
 
 @dataclass
-class PretrainConfig(RunArguments):
+class PretrainConfig(HubPush, RunArguments):
     """`recipes/pretrain.py`: next-token pretraining of a Llama model from scratch with accelerate."""
 
     seed: int = 0
@@ -292,6 +318,15 @@ class PretrainConfig(RunArguments):
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
             raise UserError("set a budget: max_steps, max_tokens or tokens_per_param")
+        super().__post_init__()
+
+
+@dataclass
+class PushConfig(HubPush, RunArguments):
+    """`recipes/push.py`: push a finished stage folder (with a fresh model card) to the Hub."""
+
+    stage: str = field(default="sft", metadata={"help": "The stage folder <run_dir>/<stage>/ to push."})
+    push_to_hub: bool = field(default=True, metadata={"help": "Always on here (--dry_run only lists the files)."})
 
 
 @dataclass
@@ -351,7 +386,7 @@ class PerplexityConfig(RunArguments):
 
 
 @dataclass
-class TrainerStage:
+class TrainerStage(HubPush):
     """What every stage built on a TRL trainer (SFT, refusal, reward, DPO, GRPO) adds to TRL's config: posttrain's
     run layout, the end-of-training eval, and device defaults. Mixed in before the TRL config class.
 
@@ -390,6 +425,10 @@ class TrainerStage:
     )
 
     def __post_init__(self):
+        # we push once, from the exported folder (posttrain.hub); the Trainer's own pushing would reach the Hub
+        # at start-up and upload checkpoints with optimizer state
+        self._hub_push, self.push_to_hub = self.push_to_hub, False
+        self.hub_private = self.hub_private or bool(self.hub_private_repo)
         if self.output_dir is None:
             self.output_dir = str(Path(self.run_dir) / "checkpoints" / self.stage)
         if self.export_dir is None:
@@ -569,7 +608,7 @@ class ProbeConfig(RunArguments):
 
 
 @dataclass
-class PPOStageConfig(RLPrompts, RunArguments):
+class PPOStageConfig(HubPush, RLPrompts, RunArguments):
     """`recipes/ppo.py`: PPO (posttrain.ppo) with the refusal model as policy and frozen reference, the learned reward
     model as reward, and a value model initialised from it; prompts as GRPO's (`prompts`, `prompt_splits`)."""
 
@@ -618,3 +657,4 @@ class PPOStageConfig(RLPrompts, RunArguments):
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()

@@ -113,3 +113,29 @@ def reward_curves(steps: list[int], series: dict[str, list[float]], path: str | 
 def _running_mean(ys: list[float], k: int) -> list[float]:
     """The mean of the last k values at each point (fewer at the start): a noisy per-step reward made readable."""
     return [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
+
+
+def factuality_bars(results: dict[str, dict], path: str | Path, buckets=("known", "rare", "never_seen")) -> Path:
+    """Correct / incorrect / not attempted per stage, one panel per bucket (stacked bars, stages in pipeline order):
+    refusal training shows as red turning grey on `never_seen` while green holds on `known`."""
+    stages = list(results)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(buckets), figsize=(3.2 * len(buckets) + 1, 3.8), sharey=True)
+    try:
+        for ax, bucket in zip(axes, buckets):
+            bottom = [0.0] * len(stages)
+            for key, label, colour in (("correct", "correct", "tab:green"), ("incorrect", "incorrect", "tab:red"),
+                                       ("not_attempted", "not attempted", "lightgrey")):  # fmt: skip
+                vals = [results[s].get(bucket, {}).get(key, 0.0) for s in stages]
+                ax.bar(stages, vals, bottom=bottom, color=colour, label=label)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            ax.set_title(bucket)
+            ax.set_ylim(0, 1)
+            ax.tick_params(axis="x", labelrotation=45)
+        axes[0].set_ylabel("share of questions")
+        axes[-1].legend(loc="upper right", fontsize=8, framealpha=0.9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -1,8 +1,14 @@
-"""The run report, `runs/<run>/report.md`, rebuilt from the stages' lineage records and plots."""
+"""The run report, `runs/<run>/report.md` (nanochat's report card, for our pipeline), rebuilt from the stages'
+lineage records, `eval/*.json` and plots — never from memory. `python -m posttrain.report runs/<run>` rebuilds it
+and prints its factuality table (the speedrun's last line)."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import sys
+from importlib import metadata
 from pathlib import Path
 
 from posttrain.lineage import atomic_write_text, read_lineage
@@ -18,10 +24,67 @@ def _fmt(value) -> str:
     return str(value)
 
 
+# (seconds, tokens) keys in the stages' summaries
+_TIME_KEYS = ("train_seconds", "train_runtime_s", "sampling_s", "seconds")
+_TOKEN_KEYS = ("tokens",)
+
+
+def environment() -> list[str]:
+    """Versions and device, for the report's head (no host names, paths or environment variables)."""
+    import torch
+
+    versions = []
+    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "peft"):
+        try:
+            versions.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            continue
+    device = (f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+              else f"CPU, {os.cpu_count()} cores ({platform.machine()})")  # fmt: skip
+    return [f"- python {sys.version.split()[0]}, " + ", ".join(versions), f"- device: {device}"]
+
+
+def stage_results(run_dir: Path) -> dict[str, dict]:
+    """eval/<stage>.json buckets by stage, in pipeline order (gates and other evals after the stages)."""
+    paths = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
+    order = {s: i for i, s in enumerate(STAGES)}
+    paths.sort(key=lambda p: (order.get(p.stem, len(STAGES)), p.stem))
+    return {p.stem: json.loads(p.read_text()).get("buckets", {}) for p in paths}
+
+
+def factuality_table(results: dict[str, dict]) -> list[str]:
+    """One row per stage, side by side: what a reader compares first."""
+    lines = ["| stage | known correct | known not attempted | rare correct | never_seen hallucination | "
+             "penalty t=0.75 (overall) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for stage, b in results.items():
+        known, rare, never = b.get("known", {}), b.get("rare", {}), b.get("never_seen", {})
+        halluc = 1 - never["not_attempted"] if "not_attempted" in never else None
+        cells = [known.get("correct"), known.get("not_attempted"), rare.get("correct"), halluc,
+                 b.get("overall", {}).get("penalty_t0.75")]  # fmt: skip
+        lines.append(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return lines
+
+
 def build_report(run_dir: str | Path) -> Path:
-    """Write report.md: one section per finished stage, its summary numbers, and the run's plots."""
+    """Write report.md: environment, time and tokens per stage, the factuality of every stage side by side, one
+    section per finished stage with its summary numbers, and the run's plots (the factuality bars redrawn here)."""
     run_dir = Path(run_dir)
-    lines = [f"# Run report: `{run_dir.name}`", ""]
+    lines = [f"# Run report: `{run_dir.name}`", "", "## Environment", *environment(), ""]
+    records = {stage: read_lineage(run_dir / stage) for stage in STAGES}
+    records = {k: v for k, v in records.items() if v is not None}
+    lines += ["## Time and tokens per stage", "", "| stage | seconds | tokens |", "|---|---|---|"]
+    for stage, record in records.items():
+        summary = record.get("summary", {})
+        secs = next((summary[k] for k in _TIME_KEYS if isinstance(summary.get(k), (int, float))), None)
+        toks = next((summary[k] for k in _TOKEN_KEYS if isinstance(summary.get(k), (int, float))), None)
+        lines.append(f"| {stage} | {'-' if secs is None else f'{secs:.0f}'} | {'-' if toks is None else f'{toks:,}'} |")
+    lines.append("")
+    results = stage_results(run_dir)
+    if results:
+        from posttrain.plots import factuality_bars
+
+        factuality_bars(results, run_dir / "plots" / "factuality.png")
+        lines += ["## Factuality, stage by stage", "", *factuality_table(results), ""]
     for stage in STAGES:
         record = read_lineage(run_dir / stage)
         if record is None:
@@ -35,10 +98,10 @@ def build_report(run_dir: str | Path) -> Path:
         for key, value in record.get("summary", {}).items():
             lines.append(f"- {key}: {_fmt(value)}")
         lines.append("")
-    evals = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
+    evals = [run_dir / "eval" / f"{stage}.json" for stage in results]
     if evals:
         lines += [
-            "## Factuality",
+            "## Factuality per bucket",
             "",
             "| stage | bucket | n | correct | incorrect | not attempted | F |",
             "|---|---|---|---|---|---|---|",
@@ -59,3 +122,14 @@ def build_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_dir = Path((argv or sys.argv[1:] or ["runs/speedrun"])[0])
+    path = build_report(run_dir)
+    print("\n".join(factuality_table(stage_results(run_dir))))
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
