@@ -68,3 +68,47 @@ def test_unknown_key_in_shipped_recipe_configs_is_caught(tmp_path):
     cfg = _yaml(tmp_path, "data_mix: data_mixes/world_tokenizer.yaml\nvocab: 10\n")
     proc = recipe("tokenizer", "--config", cfg, "--run_dir", str(tmp_path / "run"))
     assert_one_line_error(proc, "unknown key 'vocab'", "cfg.yaml")
+
+
+def _stage_classes(stem: str):
+    from trl import ModelConfig
+
+    from posttrain.configs import (
+        DPOStageConfig, GRPOStageConfig, PPOStageConfig, PretrainConfig, ProbeConfig, RewardStageConfig, SFTStageConfig,
+    )  # fmt: skip
+
+    return {
+        "world": (WorldConfig,), "tokenizer": (TokenizerConfig,), "pretrain": (PretrainConfig,),
+        "sft": (SFTStageConfig, ModelConfig), "refusal": (SFTStageConfig, ModelConfig), "probe": (ProbeConfig,),
+        "reward": (RewardStageConfig, ModelConfig), "dpo": (DPOStageConfig, ModelConfig),
+        "grpo": (GRPOStageConfig, ModelConfig), "ppo": (PPOStageConfig,),
+    }[stem.split("_")[0]]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["world", "gpu"])
+def test_shipped_recipe_families_parse(family):
+    """Every YAML of a recipe family parses with its stage's config class (keys, values, checks) and names data
+    mixes that exist and read — offline, so a GPU user's first launch does not die on a typo."""
+    from conftest import REPO
+
+    from posttrain.data import read_mix
+
+    paths = sorted((REPO / "recipes" / family).glob("*.yaml"))
+    assert paths
+    for path in paths:
+        parsed = parse_config(_stage_classes(path.stem), ["--config", str(path)])
+        for mix in {getattr(parsed[0], k, None) for k in ("data_mix", "sft_mix")} - {None}:
+            read_mix(str(REPO / mix))
+
+
+def test_gpu_pretrain_preset_is_about_500m_parameters():
+    from conftest import REPO
+
+    from posttrain.configs import PretrainConfig
+    from posttrain.modeling import param_counts, preset
+
+    (cfg,) = parse_config(PretrainConfig, ["--config", str(REPO / "recipes/gpu/pretrain.yaml")])
+    config = preset(cfg.depth, 32768, cfg.seq_len, aspect_ratio=cfg.aspect_ratio,
+                    num_attention_heads=cfg.num_attention_heads)  # fmt: skip
+    assert config.hidden_size == 1280 and config.hidden_size // config.num_attention_heads == 128
+    assert 400e6 < param_counts(config)["total"] < 700e6
