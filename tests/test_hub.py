@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import assert_ok, assert_one_line_error, random_base, recipe, recipe_here
+from conftest import assert_ok, assert_one_line_error, random_base, recipe_here
 from huggingface_hub import ModelCard
 
 from posttrain import hub
@@ -76,14 +76,19 @@ def test_push_dry_run_lists_what_an_upload_sends(tiny_run, tmp_path):
     AutoModelForCausalLM.from_pretrained(sft)  # the folder a user would push loads as it is
 
 
-def test_push_without_network_fails_in_one_line_and_keeps_the_checkpoint(tiny_run, tmp_path):
+def test_push_without_network_fails_in_one_line_and_keeps_the_checkpoint(tiny_run, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     run_dir = _stage_run(tiny_run, tmp_path / "run")
     before = _digest(run_dir / "sft")
     secret = "hf_posttrainTestSecretValue123"
-    proc = recipe(
-        "push", "--run_dir", str(run_dir), "--stage", "sft", "--hub_model_id", "org/tiny", "--hub_revision", "v1",
-        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": secret, "HF_HUB_ETAG_TIMEOUT": "2"},
-    )  # fmt: skip
+    # a Hub that refuses connections (HF_ENDPOINT, as huggingface_hub read it at import), a token in the environment
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    proc = recipe_here(
+        "push", "--run_dir", str(run_dir), "--stage", "sft", "--hub_model_id", "org/tiny", "--hub_revision", "v1"
+    )
     line = assert_one_line_error(proc, "org/tiny@v1", "intact")
     assert secret not in proc.stdout + proc.stderr and secret not in (run_dir / "sft" / "README.md").read_text()
     assert _digest(run_dir / "sft") == before

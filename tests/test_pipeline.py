@@ -95,6 +95,13 @@ def test_optional_stages_are_one_flag_each():
     assert "recipes/ppo.py" not in run(["make", "-n", "speedrun", "VENV=.venv"]).stdout, "off by default"
 
 
+def test_smollm2_family_is_one_switch():
+    plan = run(["make", "-n", "speedrun", "VENV=.venv", "RECIPES=smollm2", "RUN=sm"]).stdout
+    assert "-m posttrain.smollm2 --output_dir runs/sm/base" in plan and "--output runs/sm/eval/base.json" in plan
+    assert "recipes/smollm2/sft.yaml" in plan and "recipes/smollm2/refusal.yaml" in plan
+    assert "recipes/pretrain.py" not in plan and "recipes/world/" not in plan
+
+
 def test_make_speedrun_on_a_users_world(tmp_path):
     world = _hand_made_world(tmp_path / "my_world", copies=60, with_probe=True)
     run_dir = tmp_path / "mine"

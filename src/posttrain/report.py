@@ -13,7 +13,7 @@ from pathlib import Path
 
 from posttrain.lineage import atomic_write_text, read_lineage
 
-STAGES = ("world", "tokenizer", "pretrain", "sft", "probe", "refusal", "reward", "ppo", "grpo", "dpo")
+STAGES = ("world", "tokenizer", "pretrain", "base", "sft", "probe", "refusal", "reward", "ppo", "grpo", "dpo")
 
 
 def _fmt(value) -> str:
