@@ -91,7 +91,7 @@ def _stage_classes(stem: str):
     }[stem.split("_")[0]]  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["world", "gpu"])
+@pytest.mark.parametrize("family", ["world", "gpu", "smollm2"])
 def test_shipped_recipe_families_parse(family):
     """Every YAML of a recipe family parses with its stage's config class (keys, values, checks) and names data
     mixes that exist and read — offline, so a GPU user's first launch does not die on a typo."""
