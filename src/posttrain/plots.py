@@ -133,8 +133,8 @@ def factuality_bars(results: dict[str, dict], path: str | Path, buckets=("known"
             ax.set_ylim(0, 1)
             ax.tick_params(axis="x", labelrotation=45)
         axes[0].set_ylabel("share of questions")
-        axes[-1].legend(loc="upper right", fontsize=8, framealpha=0.9)
-        fig.tight_layout()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the legend above the panels
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
