@@ -57,7 +57,7 @@ speedrun: $(VENV)/.stamp-base $(if $(filter smollm2,$(RECIPES)),$(VENV)/.stamp-s
 ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/world.py --config recipes/smollm2/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) -m posttrain.smollm2 --output_dir $(RUN_DIR)/base
-	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 25 $(EVAL_ARGS)
+	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 25 --num_samples 2 $(EVAL_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
 	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
