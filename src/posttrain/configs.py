@@ -177,8 +177,10 @@ class HubPush:
     def __post_init__(self):  # checked before any training, not after it
         if self.hub_push_requested() and not self.hub_model_id:
             raise UserError("push_to_hub needs hub_model_id ORG/NAME")
-        if self.hub_model_id and self.hub_model_id.count("/") != 1:
-            raise UserError(f"hub_model_id must be ORG/NAME, got '{self.hub_model_id}'")
+        if self.hub_model_id:
+            from posttrain.hub import check_repo_id
+
+            check_repo_id(self.hub_model_id)
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()

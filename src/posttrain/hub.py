@@ -44,12 +44,17 @@ def lineage_chain(stage_dir: str | Path) -> list[dict]:
     return chain
 
 
-def eval_results(eval_json: str | Path, model_name: str) -> list[EvalResult]:
-    """`model-index` entries from `eval/<stage>.json` (CONTRACTS §5): per bucket, correct / not attempted /
-    incorrect rates and the penalty score at t = 0.75."""
-    result = json.loads(Path(eval_json).read_text())
+def check_repo_id(repo_id: str | None) -> None:
+    """A Hub repo id is ORG/NAME: checked when a config is parsed (before training) and again by `push`."""
+    if not repo_id or repo_id.count("/") != 1:
+        raise UserError(f"hub_model_id must be ORG/NAME, got '{repo_id}'")
+
+
+def eval_results(buckets: dict) -> list[EvalResult]:
+    """`model-index` entries from the buckets of `eval/<stage>.json` (CONTRACTS §5): per bucket, correct / not
+    attempted / incorrect rates and the penalty score at t = 0.75."""
     entries = []
-    for bucket, m in result.get("buckets", {}).items():
+    for bucket, m in buckets.items():
         for key, label in _METRICS:
             if key in m:
                 entries.append(EvalResult(
@@ -74,7 +79,8 @@ def build_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str |
     run_dir = Path(run_dir) if run_dir else stage_dir.parent
     name = repo_id or f"{run_dir.name}-{stage}"
     eval_json = run_dir / "eval" / f"{stage}.json"
-    results = eval_results(eval_json, name) if eval_json.is_file() else []
+    buckets = json.loads(eval_json.read_text()).get("buckets", {}) if eval_json.is_file() else {}
+    results = eval_results(buckets)
     chain = lineage_chain(stage_dir)
     external = [c["path"] for c in chain if c["stage"] == "external" and not Path(c["path"]).exists()]
     data = ModelCardData(
@@ -98,7 +104,7 @@ def build_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str |
             "| bucket | correct | incorrect | not attempted | penalty t=0.75 |",
             "|---|---|---|---|---|",
         ]
-        for bucket, m in json.loads(eval_json.read_text())["buckets"].items():
+        for bucket, m in buckets.items():
             lines.append(f"| {bucket} | {m['correct']:.3f} | {m['incorrect']:.3f} | {m['not_attempted']:.3f} | "
                          f"{m['penalty_t0.75']:.3f} |")  # fmt: skip
     summary = record.get("summary") or {}
@@ -123,8 +129,7 @@ def push(stage_dir: str | Path, repo_id: str, revision: str | None = None, priva
     stage_dir = Path(stage_dir)
     if not (stage_dir / "config.json").is_file():
         raise UserError(f"{stage_dir}: no config.json — nothing to push (run the stage first)")
-    if not repo_id or repo_id.count("/") != 1:
-        raise UserError(f"--hub_model_id must be ORG/NAME, got '{repo_id}'")
+    check_repo_id(repo_id)
     card = build_card(stage_dir, repo_id, run_dir)
     atomic_write_text(stage_dir / "README.md", str(card))
     files = upload_files(stage_dir)

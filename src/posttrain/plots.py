@@ -13,13 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 @contextmanager
-def _figure(path: str | Path, size: tuple[float, float]):
-    """Yield axes; on exit lay out, save as PNG (creating the folder) and close."""
+def _figure(path: str | Path, size: tuple[float, float], ncols: int = 1, top: float = 1.0):
+    """Yield axes (a row of `ncols` sharing y when more than one); on exit lay out below `top` (room for a figure
+    legend), save as PNG (creating the folder) and close."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=size)
+    fig, ax = plt.subplots(1, ncols, figsize=size, sharey=ncols > 1)
     try:
         yield ax
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, top))
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
@@ -119,9 +120,7 @@ def factuality_bars(results: dict[str, dict], path: str | Path, buckets=("known"
     """Correct / incorrect / not attempted per stage, one panel per bucket (stacked bars, stages in pipeline order):
     refusal training shows as red turning grey on `never_seen` while green holds on `known`."""
     stages = list(results)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(buckets), figsize=(3.2 * len(buckets) + 1, 3.8), sharey=True)
-    try:
+    with _figure(path, (3.2 * len(buckets) + 1, 3.8), ncols=len(buckets), top=0.93) as axes:
         for ax, bucket in zip(axes, buckets):
             bottom = [0.0] * len(stages)
             for key, label, colour in (("correct", "correct", "tab:green"), ("incorrect", "incorrect", "tab:red"),
@@ -133,9 +132,6 @@ def factuality_bars(results: dict[str, dict], path: str | Path, buckets=("known"
             ax.set_ylim(0, 1)
             ax.tick_params(axis="x", labelrotation=45)
         axes[0].set_ylabel("share of questions")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9, frameon=False)
-        fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the legend above the panels
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+        axes[0].figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9,
+                              frameon=False)  # fmt: skip
     return Path(path)

@@ -85,10 +85,7 @@ def build_report(run_dir: str | Path) -> Path:
 
         factuality_bars(results, run_dir / "plots" / "factuality.png")
         lines += ["## Factuality, stage by stage", "", *factuality_table(results), ""]
-    for stage in STAGES:
-        record = read_lineage(run_dir / stage)
-        if record is None:
-            continue
+    for stage, record in records.items():
         lines.append(f"## {stage}")
         mix = record.get("data_mix")
         if mix:
@@ -98,19 +95,17 @@ def build_report(run_dir: str | Path) -> Path:
         for key, value in record.get("summary", {}).items():
             lines.append(f"- {key}: {_fmt(value)}")
         lines.append("")
-    evals = [run_dir / "eval" / f"{stage}.json" for stage in results]
-    if evals:
+    if results:
         lines += [
             "## Factuality per bucket",
             "",
             "| stage | bucket | n | correct | incorrect | not attempted | F |",
             "|---|---|---|---|---|---|---|",
         ]
-        for path in evals:
-            result = json.loads(path.read_text())
-            for bucket, m in result.get("buckets", {}).items():
+        for stage, buckets in results.items():
+            for bucket, m in buckets.items():
                 lines.append(
-                    f"| {path.stem} | {bucket} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | "
+                    f"| {stage} | {bucket} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | "
                     f"{m['not_attempted']:.3f} | {m['f_score']:.3f} |"
                 )
         lines.append("")
