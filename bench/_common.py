@@ -9,11 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_world_run(run_dir: str | Path) -> Path:
-    """`recipes/world.py` then `recipes/tokenizer.py` with their default configs into `run_dir`."""
-    for stage in ("world", "tokenizer"):
+def make_world_run(run_dir: str | Path, world_args=(), tokenizer_args=()) -> Path:
+    """`recipes/world.py` then `recipes/tokenizer.py` with their default configs (plus the given arguments) into
+    `run_dir`."""
+    for stage, extra in (("world", world_args), ("tokenizer", tokenizer_args)):
         cmd = [sys.executable, str(REPO / "recipes" / f"{stage}.py"), "--config",
-               str(REPO / f"recipes/world/{stage}.yaml"), "--run_dir", str(run_dir)]  # fmt: skip
+               str(REPO / f"recipes/world/{stage}.yaml"), "--run_dir", str(run_dir), *extra]  # fmt: skip
         subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     return Path(run_dir)
 

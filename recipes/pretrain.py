@@ -69,7 +69,6 @@ def main():
     model, optimizer = accelerator.prepare(model, optimizer)
     model = maybe_compile(model, cfg)
     scheduler = scheduler_for(optimizer, cfg, the_plan.total_steps)
-    accelerator.register_for_checkpointing(scheduler)
     if cfg.report_to:
         accelerator.init_trackers("posttrain-pretrain", config=to_dict(cfg))
     result = train(cfg, accelerator, model, optimizer, scheduler, train_set, val_set, token_bytes(tokenizer),

@@ -17,10 +17,19 @@ import os
 import shutil
 from pathlib import Path
 
-from posttrain.errors import UserError
+from posttrain.errors import UserError, raise_if_disk_full
 from posttrain.lineage import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
+LATEST = "latest"  # the pointer file: one line, the name of the newest complete checkpoint
+
+
+def not_finite_message(ckpt_root: str | Path, step: int, what: str) -> str:
+    """The one line a stage stops with at a NaN/inf loss, before anything is checkpointed or exported."""
+    pointer = Path(ckpt_root) / LATEST
+    last = pointer.read_text().strip() if pointer.is_file() else None
+    kept = f"the last checkpoint ({Path(ckpt_root) / last}) is intact" if last else "no checkpoint was written"
+    return f"{what} at step {step}: lower --learning_rate (or check the data); {kept}"
 
 
 def save(accelerator, ckpt_root: str | Path, step: int, trainer_state: dict, keep_last: int) -> Path:
@@ -32,14 +41,21 @@ def save(accelerator, ckpt_root: str | Path, step: int, trainer_state: dict, kee
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    except Exception as exc:  # a full disk above all: leave no half checkpoint taking space; `latest` is untouched
+        try:
+            raise_if_disk_full(root, exc)
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     final = root / name
     if accelerator.is_main_process:
         atomic_write_text(tmp / STATE_FILE, json.dumps(trainer_state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        atomic_write_text(root / "latest", name + "\n")
+        atomic_write_text(root / LATEST, name + "\n")
         complete = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
         for old in complete[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -53,7 +69,7 @@ def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:
         return None
     root = Path(ckpt_root)
     if resume == "latest":
-        pointer = root / "latest"
+        pointer = root / LATEST
         if not pointer.is_file():
             return None
         path = root / pointer.read_text().strip()
@@ -65,8 +81,14 @@ def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:
 
 
 def load(accelerator, path: Path) -> dict:
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    """Weights from safetensors; optimizer and RNG states through accelerate's `torch.load(weights_only=True)`,
+    which refuses anything but tensors and plain data (a tampered pickle fails here, it does not run)."""
+    try:
+        accelerator.load_state(str(path))
+        return json.loads((path / STATE_FILE).read_text())
+    except Exception as exc:  # noqa: BLE001  (whatever the file, the cause to show is which checkpoint)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {first})") from exc
 
 
 def export_hf(accelerator, model, tokenizer, out: str | Path, generation_config=None, extra=None) -> Path:

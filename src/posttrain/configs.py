@@ -19,7 +19,7 @@ import yaml
 from trl import DPOConfig, GRPOConfig, RewardConfig, SFTConfig, TrlParser
 
 from posttrain import runtime
-from posttrain.errors import UserError
+from posttrain.errors import UserError, note_output
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
@@ -125,7 +125,7 @@ def parse_config(dataclass_types, args: Sequence[str] | None = None) -> tuple:
         check_keys(read_yaml_mapping(config_path), hints, config_path)
         parser.source = config_path
     try:
-        return tuple(parser.parse_args_and_config(args))
+        parsed = tuple(parser.parse_args_and_config(args))
     except ValueError as exc:
         msg = str(exc)
         if "not used by the HfArgumentParser" in msg:
@@ -133,6 +133,9 @@ def parse_config(dataclass_types, args: Sequence[str] | None = None) -> tuple:
             names = ", ".join(unknown) or msg
             raise UserError(f"command line: unknown option {names}") from None
         raise UserError(f"{parser.source}: {msg}") from None
+    for cfg in parsed:  # where this stage writes: a failure for want of space there is reported as a full disk
+        note_output(*(getattr(cfg, k, None) for k in ("run_dir", "output_dir", "output")))
+    return parsed
 
 
 def to_dict(cfg) -> dict:

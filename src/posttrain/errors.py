@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -23,6 +26,56 @@ def debug_requested(argv: list[str] | None = None) -> bool:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or exc.__class__.__name__
     return text
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large", "file write failed")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """A write that failed for want of space (ENOSPC, a quota, a file-size limit), however the library that wrote
+    wrapped it (torch.save and safetensors raise RuntimeError): the line to show, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return f"{os.strerror(exc.errno)}{where}"
+        if any(t in str(exc) for t in _DISK_FULL_TEXT):
+            return _one_line(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_OUTPUTS: set[str] = set()
+
+
+def note_output(*paths) -> None:
+    """Remember where this process writes (`parse_config` notes run_dir/output_dir): `low_space` looks there."""
+    _OUTPUTS.update(str(p) for p in paths if p)
+
+
+def low_space(paths=None) -> str | None:
+    """torch.save and safetensors report a short write without its errno ("unexpected pos ..."): after such an
+    error, a nearly full disk under one of `paths` (default: the noted outputs) is the cause to name."""
+    for out in sorted(str(p) for p in paths) if paths is not None else sorted(_OUTPUTS):
+        path = Path(out).absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            usage = shutil.disk_usage(path)
+        except OSError:
+            continue
+        if usage.free < max(64 * 2**20, usage.total // 100):
+            return f"{usage.free / 2**20:.1f} MiB left on the disk holding {out}"
+    return None
+
+
+def raise_if_disk_full(path, exc: BaseException) -> None:
+    """Called where a save failed, before its temporary files are removed (which frees the space again): turn a
+    failure for want of space into OSError(ENOSPC) naming `path`, which `entrypoint` reports in one line."""
+    if disk_full(exc) or low_space([path]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 def entrypoint(main: Callable[[], object]) -> None:
@@ -46,6 +99,14 @@ def entrypoint(main: Callable[[], object]) -> None:
     except Exception as exc:  # an unexpected failure: still one line, but say how to see more
         if debug:
             raise
+        full = disk_full(exc) or low_space()
+        if full:
+            print(
+                f"error: disk full: {full}; nothing earlier was overwritten (checkpoints and stages are swapped in "
+                "only when complete): free space, then rerun with --resume_from_checkpoint latest",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         print(
             f"error: {exc.__class__.__name__}: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr
         )

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from posttrain import __version__
+from posttrain.errors import raise_if_disk_full
 
 LINEAGE_FILE = "lineage.json"
 
@@ -61,8 +62,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class atomic_directory:
@@ -86,7 +91,10 @@ class atomic_directory:
         import shutil
 
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                raise_if_disk_full(self.path.parent, exc)
+            finally:
+                shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         old = self.path.with_name(f".{self.path.name}.old{os.getpid()}")
         if self.path.exists():

@@ -157,14 +157,14 @@ def build_trainer(trainer_cls, cfg, model_args, model, tokenizer, data):
     """TRL's RewardTrainer or DPOTrainer on the pairs (`pair_type` dropped), held-out pairs as eval data when asked."""
     from trl import get_peft_config
 
-    from posttrain.stages import callbacks
+    from posttrain.stages import with_callbacks
 
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=cfg,
         train_dataset=trainer_pairs(data["train"]),
         eval_dataset=trainer_pairs(data["test"]) if cfg.eval_strategy != "no" and "test" in data else None,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks(),
     )
+    return with_callbacks(trainer)

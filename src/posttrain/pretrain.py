@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
+from accelerate.utils import GradientAccumulationPlugin
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -41,7 +42,10 @@ def make_accelerator(cfg, grad_accum: int) -> Accelerator:
     accelerator = Accelerator(
         **accelerator_kwargs(),
         mixed_precision=precision,
-        gradient_accumulation_steps=grad_accum,
+        # Sync every grad_accum micro-batches, counted across epochs. accelerate's default also forces an optimizer
+        # step at the end of every prepared loader (a new one per epoch here): mid-step, with a partial window, and
+        # at places a resumed run cannot reproduce (found by bench/kill_resume.py, docs/LOG.md 2026-11-26).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
         log_with=trackers or None,
         project_dir=cfg.run_dir,
     )
@@ -224,6 +228,7 @@ def train(
     state = {"step": 0, "train_seconds": 0.0}
     if resume is not None:
         state = checkpoint.load(accelerator, resume)
+        restore_scheduler(scheduler, state)
         accelerator.print(f"resumed from {resume} at step {state['step']}")
     elif cfg.resume_from_checkpoint == "latest":
         accelerator.print(f"no checkpoint in {ckpt_root} yet: starting from scratch")
@@ -235,6 +240,10 @@ def train(
     step = state["step"]
     bar = tqdm(total=the_plan.total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain")
     window_loss = torch.zeros((), device=accelerator.device)
+    # the sum of the token ids trained on since the last log line: a fingerprint of the data, so a resumed run can be
+    # checked step by step against an uninterrupted one (bench/kill_resume.py); summed on the device, no sync
+    window_data = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+    finite = torch.ones((), dtype=torch.bool, device=accelerator.device)
     window_steps, window_time = 0, 0.0
     last = {}
     while step < the_plan.total_steps:
@@ -250,6 +259,8 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             window_loss += loss.detach() / the_plan.grad_accum
+            window_data += x.sum()
+            finite &= torch.isfinite(loss.detach())
         scheduler.step()
         step += 1
         dt = time.perf_counter() - t0
@@ -258,6 +269,9 @@ def train(
         window_steps += 1
         bar.update(1)
 
+        saving = cfg.save_every and step % cfg.save_every == 0 and step < the_plan.total_steps
+        if step % cfg.log_every == 0 or step == the_plan.total_steps or saving:
+            check_finite(finite, accelerator, ckpt_root, step)
         if step % cfg.log_every == 0 or step == the_plan.total_steps:
             train_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
             tok_s = window_steps * the_plan.tokens_per_step / window_time
@@ -268,18 +282,21 @@ def train(
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": tok_s,
                 "mfu": mfu(flops_per_token, tok_s, peak, accelerator.num_processes),
+                "data_checksum": accelerator.reduce(window_data, reduction="sum").item(),
             }
             log.write(last, step)
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{last['mfu']:.1%}")
             window_loss.zero_()
+            window_data.zero_()
             window_steps, window_time = 0, 0.0
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == the_plan.total_steps:
             metrics = evaluate(model, val_set, cfg, accelerator, token_bytes)
             log.write({"step": step, "tokens": step * the_plan.tokens_per_step, **metrics}, step)
             bar.write(f"step {step}: val loss {metrics['val_loss']:.4f}, {metrics['val_bpb']:.4f} bits/byte")
             last.update(metrics)
-        if cfg.save_every and step % cfg.save_every == 0 and step < the_plan.total_steps:
-            checkpoint.save(accelerator, ckpt_root, step, {**state, "step": step}, cfg.keep_last)
+        if saving:
+            sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            checkpoint.save(accelerator, ckpt_root, step, {**state, "step": step, "scheduler": sched}, cfg.keep_last)
     bar.close()
     in_sync = replicas_in_sync(model, accelerator)
     records = log.records() if accelerator.is_main_process else []
@@ -302,6 +319,25 @@ def train(
         "replicas_in_sync": in_sync,
         "records": records,
     }
+
+
+def restore_scheduler(scheduler, state: dict) -> None:
+    """The LR schedule's position lives in trainer_state.json (plain numbers), not in a pickle: accelerate's
+    `register_for_checkpointing` reloads custom objects with `torch.load(weights_only=False)`, which runs whatever
+    a tampered checkpoint holds. A checkpoint without it (older ones) replays the schedule to its step."""
+    saved = state.get("scheduler")
+    if saved is None:
+        for _ in range(state["step"]):
+            scheduler.step()
+        return
+    scheduler.load_state_dict({**scheduler.state_dict(), **saved})
+
+
+def check_finite(finite, accelerator, ckpt_root: Path, step: int) -> None:
+    """Stop at a non-finite loss before it is logged or checkpointed: one line naming the step; `latest` still
+    names the last good checkpoint."""
+    if accelerator.reduce(finite.to(torch.int32), reduction="sum").item() < accelerator.num_processes:
+        raise UserError(checkpoint.not_finite_message(ckpt_root, step, "pretraining loss is not finite"))
 
 
 def replicas_in_sync(model, accelerator) -> bool | None:

@@ -126,13 +126,7 @@ def prompts_record(cfg, dataset: Dataset) -> dict:
 def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
     from trl import GRPOTrainer
 
-    from posttrain.stages import callbacks
+    from posttrain.stages import with_callbacks
 
-    return GRPOTrainer(
-        model=model,
-        reward_funcs=funcs,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks(),
-    )
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tokenizer)
+    return with_callbacks(trainer)

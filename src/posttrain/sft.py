@@ -15,7 +15,7 @@ from trl import SFTTrainer, get_peft_config
 
 from posttrain.data import load_mix, read_mix
 from posttrain.errors import UserError
-from posttrain.stages import callbacks
+from posttrain.stages import with_callbacks
 
 
 def load_conversations(cfg):
@@ -55,15 +55,15 @@ def check_conversations(ds: Dataset, where: str) -> None:
 
 def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=cfg,
         train_dataset=data["train"],
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks(),
     )
+    return with_callbacks(trainer)
 
 
 def reprobe(cfg, round_: int) -> str:

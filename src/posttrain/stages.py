@@ -9,6 +9,7 @@ exported model (`<run>/<stage>/`) is swapped in atomically, with the LoRA adapte
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from posttrain.configs import FactualityConfig
 from posttrain.data import mix_hash
 from posttrain.errors import UserError
 from posttrain.evals import factuality
-from posttrain.lineage import folder_hash, write_lineage
+from posttrain.lineage import atomic_write_text, folder_hash, write_lineage
 from posttrain.plots import loss_curves
 
 TRAINER_STATE = "trainer_state.json"  # written last by transformers' Trainer: its presence marks a complete checkpoint
@@ -65,7 +66,8 @@ def load_model(path: str, cfg, model_args):
 
 
 def resolve_resume(cfg) -> str | None:
-    """`latest` → the newest complete Trainer checkpoint (None when there is none yet); a path must exist."""
+    """`latest` → the checkpoint `<output_dir>/latest` names (written by `LatestCheckpoint` once the Trainer has
+    finished a save), else the newest complete one (None when there is none yet); a path must be complete."""
     resume = cfg.resume_from_checkpoint
     if not resume:
         return None
@@ -76,10 +78,52 @@ def resolve_resume(cfg) -> str | None:
             )
         return resume
     root = Path(cfg.output_dir)
+    pointer = root / checkpoint.LATEST
+    if pointer.is_file() and (root / pointer.read_text().strip() / TRAINER_STATE).is_file():
+        return str(root / pointer.read_text().strip())
     done = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE).is_file()]
     if not done:
         return None
     return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])))
+
+
+class LatestCheckpoint(TrainerCallback):
+    """transformers' Trainer writes `checkpoint-N/` in place (weights, optimizer, RNG, then trainer_state.json) and
+    has no marker of a finished save; `on_save` runs after all of it (and the rotation of old checkpoints), so the
+    pointer written here, atomically, only ever names a complete checkpoint, whatever moment a kill lands.
+    Resume reads the optimizer, scheduler and RNG states with `torch.load(weights_only=True)` (transformers)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            # the Trainer also pickles its arguments (training_args.bin: nothing reads it back, and a pickle is code
+            # to whoever loads it): keep them as JSON, tokens masked, the way `TrainingArguments.to_json_string` writes
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            pickled = folder / "training_args.bin"
+            if pickled.is_file():
+                atomic_write_text(folder / "training_args.json", args.to_json_string())
+                pickled.unlink()
+            atomic_write_text(
+                Path(args.output_dir) / checkpoint.LATEST, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}\n"
+            )
+
+
+class FiniteGuard(TrainerCallback):
+    """Stop at the first non-finite loss (or weights about to be checkpointed) with one line naming the step, before
+    a NaN model can replace the last good checkpoint: the run is resumable from `latest`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise UserError(
+                checkpoint.not_finite_message(args.output_dir, state.global_step, f"training loss is {loss}")
+            )
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None:
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise UserError(
+                    checkpoint.not_finite_message(args.output_dir, state.global_step, "the weights are not finite")
+                )
 
 
 KILL_ENV = "POSTTRAIN_KILL_AT_STEP"
@@ -97,9 +141,27 @@ class KillAtStep(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def callbacks() -> list | None:
-    """Trainer callbacks every stage takes (the kill switch of the kill/resume tests, when its variable is set)."""
-    return [KillAtStep(int(os.environ[KILL_ENV]))] if os.environ.get(KILL_ENV) else None
+class TokenCountOnResume(TrainerCallback):
+    """TRL's trainers count the tokens trained on in memory (`_total_train_tokens`, logged as `num_tokens`) and
+    start again from 0 after a resume; carry on from the count the checkpoint's log history ends with."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        counted = [r["num_tokens"] for r in state.log_history if "num_tokens" in r]
+        if counted and getattr(self.trainer, "_total_train_tokens", None) == 0:
+            self.trainer._total_train_tokens = int(counted[-1])
+
+
+def with_callbacks(trainer):
+    """Add what every stage's Trainer takes: the `latest` pointer, the NaN guard, the token count across resumes,
+    and the kill switch of the kill/resume tests when its variable is set. Returns the trainer."""
+    for cb in (LatestCheckpoint(), FiniteGuard(), TokenCountOnResume(trainer)):
+        trainer.add_callback(cb)
+    if os.environ.get(KILL_ENV):
+        trainer.add_callback(KillAtStep(int(os.environ[KILL_ENV])))
+    return trainer
 
 
 def export(trainer, cfg, model_args, base: str, data: dict, more: dict | None = None) -> tuple[Path, dict]:
