@@ -11,6 +11,10 @@ RUN_DIR ?= runs/$(RUN)
 # RECIPES=world (default): the embedded world from scratch. RECIPES=smollm2: post-train the packaged
 # SmolLM2-135M-Instruct on a quarter-size world (SFT → probe → refusal), no pretraining.
 RECIPES ?= world
+# Training stages continue from their newest checkpoint when there is one (a rerun after a kill picks up where
+# it stopped; a rerun of a finished run redoes only the steps after its last checkpoint). RESUME= starts them afresh
+# (a stage then refuses to overwrite earlier checkpoints: add --overwrite_checkpoints true to its ARGS).
+RESUME ?= --resume_from_checkpoint latest
 # Stages after SFT: probe, refusal, reward model and GRPO by default; PPO (against the reward model) and DPO on
 # request. A stage set to 0 is skipped (the ones after it read its output).
 PROBE  ?= 1
@@ -57,21 +61,21 @@ ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/world.py --config recipes/smollm2/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) -m posttrain.smollm2 --output_dir $(RUN_DIR)/base
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 25 --num_samples 2 $(EVAL_ARGS)
-	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
+	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
-	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS)
+	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS)
 else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
-	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(ARGS) $(PRETRAIN_ARGS)
+	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(PRETRAIN_ARGS)
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 100 $(EVAL_ARGS)
-	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(ARGS) $(SFT_ARGS)
+	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(if $(filter 1,$(PROBE)),$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS))
-	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(ARGS) $(REFUSAL_ARGS))
-	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(ARGS) $(REWARD_ARGS))
-	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(GRPO_ARGS))
-	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(ARGS) $(PPO_ARGS))
-	$(if $(filter 1,$(DPO)),$(VPY) recipes/dpo.py --config recipes/world/dpo.yaml --run_dir $(RUN_DIR) $(ARGS) $(DPO_ARGS))
+	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS))
+	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REWARD_ARGS))
+	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
+	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(PPO_ARGS))
+	$(if $(filter 1,$(DPO)),$(VPY) recipes/dpo.py --config recipes/world/dpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(DPO_ARGS))
 endif
 	@$(VPY) -m posttrain.report $(RUN_DIR)
 	@echo "speedrun done: $(RUN_DIR)/report.md"

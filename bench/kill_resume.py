@@ -216,7 +216,6 @@ def main(argv=None) -> int:
         p.error(f"unknown stage(s) {unknown}: choose from {list(STAGES)}")
     rng = random.Random(args.seed)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}
-    env.pop("POSTTRAIN_KILL_AT_STEP", None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         base = work / "base"

@@ -14,10 +14,28 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.world import load_world
 
+FAKE_TOKEN = "hf_posttrainFakeSecret0123456789abcdefXYZ"  # what a user's shell would hold: never written anywhere
+
 
 def _make(*args: str):
     venv = Path(sys.prefix)  # the tests' own environment: the .venv that `make test` made
-    return run(["make", "-s", "speedrun", f"VENV={venv}", *args], timeout=900)
+    env = {"HF_TOKEN": FAKE_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_TOKEN}
+    return run(["make", "-s", "speedrun", f"VENV={venv}", *args], env=env, timeout=900)
+
+
+def _check_no_secrets_and_no_pickles(run_dir: Path, proc) -> None:
+    """Issue 10: with a token in the environment, no log, config, card, report or checkpoint holds it; every model
+    weight file is safetensors; the only pickles are the Trainer's optimizer/scheduler/RNG states, which resume
+    reads with torch.load(weights_only=True) (test_bad_input's tampered_pickle cases)."""
+    secret = FAKE_TOKEN.encode()
+    assert secret not in (proc.stdout + proc.stderr).encode()
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert len(files) > 50 and [str(p) for p in files if secret in p.read_bytes()] == []
+    allowed = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "optimizer.bin", "random_states_0.pkl"}
+    pickles = [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle")]
+    assert [str(p) for p in pickles if p.name not in allowed or "checkpoints" not in p.parts] == []
+    for stage in ("pretrain", "sft", "refusal", "reward", "grpo"):
+        assert (run_dir / stage / "model.safetensors").is_file(), stage
 
 
 TINY_PRETRAIN = "PRETRAIN_ARGS=--depth 1 --seq_len 32 --per_device_batch_size 4 --global_batch_tokens 128 --max_steps 3"
@@ -64,6 +82,7 @@ def test_make_speedrun_runs_every_stage(tmp_path):
     AutoModelForCausalLM.from_pretrained(run_dir / "refusal")
     assert "## probe" in (run_dir / "report.md").read_text() and "## refusal" in (run_dir / "report.md").read_text()
     _check_rl_stages(run_dir)
+    _check_no_secrets_and_no_pickles(run_dir, proc)
 
 
 def _check_rl_stages(run_dir: Path) -> None:

@@ -63,6 +63,25 @@ def save(accelerator, ckpt_root: str | Path, step: int, trainer_state: dict, kee
     return final
 
 
+def fresh_start(ckpt_root: str | Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
+    """A run started without --resume_from_checkpoint in a folder that holds an earlier run's checkpoints would
+    overwrite them one by one (and mix old and new under `latest`): refuse, naming both ways on; with
+    `overwrite_checkpoints`, clear them first."""
+    root = Path(ckpt_root)
+    if resume or not root.is_dir():
+        return
+    done = sorted(p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file())
+    if not done:
+        return
+    if not overwrite:
+        raise UserError(f"{root} holds an earlier run's checkpoints (newest: {done[-1].name}): "
+                        "--resume_from_checkpoint latest continues it, --overwrite_checkpoints true starts again")  # fmt: skip
+    if is_main:
+        for path in done:
+            shutil.rmtree(path, ignore_errors=True)
+        (root / LATEST).unlink(missing_ok=True)
+
+
 def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:
     """`latest` → the newest complete checkpoint (None when there is none yet); a path → that checkpoint."""
     if not resume:

@@ -299,6 +299,9 @@ class PretrainConfig(HubPush, RunArguments):
     save_every: int = field(default=200, metadata={"help": "Steps between checkpoints (0: none)."})
     keep_last: int = field(default=2, metadata={"help": "Checkpoints kept."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
+    overwrite_checkpoints: bool = field(
+        default=False, metadata={"help": "Start again over an earlier run's checkpoints (they are deleted first)."}
+    )
     report_to: list[str] = field(default_factory=list, metadata={"help": "Trackers: tensorboard, wandb, trackio."})
     # device
     mixed_precision: str = field(
@@ -427,6 +430,9 @@ class TrainerStage(HubPush):
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' (newest complete checkpoint) or a checkpoint path."}
+    )
+    overwrite_checkpoints: bool = field(
+        default=False, metadata={"help": "Start again over an earlier run's checkpoints (they are deleted first)."}
     )
 
     def __post_init__(self):
@@ -647,6 +653,9 @@ class PPOStageConfig(HubPush, RLPrompts, RunArguments):
     save_every: int = field(default=10, metadata={"help": "Steps between checkpoints (0: none)."})
     keep_last: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
+    overwrite_checkpoints: bool = field(
+        default=False, metadata={"help": "Start again over an earlier run's checkpoints (they are deleted first)."}
+    )
     eval_after: bool = field(default=True, metadata={"help": "Run the factuality eval into eval/<stage>.json."})
     eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
     eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})

@@ -78,6 +78,16 @@ def raise_if_disk_full(path, exc: BaseException) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
+def _close_progress_bars() -> None:
+    """A failure mid-loop leaves tqdm's bar open without a newline: close it so the error starts its own line."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001  (a bar that cannot close must not hide the error)
+            pass
+
+
 def entrypoint(main: Callable[[], object]) -> None:
     """Run `main`, turning any exception into one line on stderr and exit code 2 (bad input) or 1 (bug).
 
@@ -94,11 +104,13 @@ def entrypoint(main: Callable[[], object]) -> None:
     except UserError as exc:
         if debug:
             raise
+        _close_progress_bars()
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # an unexpected failure: still one line, but say how to see more
         if debug:
             raise
+        _close_progress_bars()
         full = disk_full(exc) or low_space()
         if full:
             print(

@@ -23,6 +23,11 @@ def render(tokenizer, prompt) -> str:
     """A chat conversation (list of messages) through the chat template; a string as it is."""
     if isinstance(prompt, str):
         return prompt
+    if not tokenizer.chat_template:
+        from posttrain.errors import UserError
+
+        raise UserError(f"{tokenizer.name_or_path}: the tokenizer has no chat template, so a conversation cannot be "
+                        "rendered (a base model: ask it with --prompt fewshot, or SFT it first)")  # fmt: skip
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
@@ -113,20 +118,38 @@ def shared_prefill(model, enc, copies: int):
     return expanded, cache
 
 
+def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implementation: str | None = None):
+    """(model, tokenizer) from a directory or Hub id. What cannot load (truncated weights, no network for a Hub id,
+    a bad config) or does not fit together (a tokenizer from another model) is one UserError naming the path."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.errors import UserError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer.vocab_size > rows:  # added tokens may outgrow the embeddings (SFT resizes); a base vocabulary may not
+        raise UserError(f"{path}: the tokenizer ({tokenizer.vocab_size:,} tokens) does not belong to this model "
+                        f"(embeddings for {rows:,}): token ids would index past the embeddings")  # fmt: skip
+    return model, tokenizer
+
+
 def load_for_generation(path, device, hint: str = ""):
     """(model, tokenizer) of a saved causal LM for inference: bf16 on CUDA, fp32 elsewhere."""
     from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.errors import UserError
 
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path}: not a model directory (no config.json){hint}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return model, tokenizer
+    model, tokenizer = load_causal_lm(path, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return model.to(device), tokenizer
 
 
 def auto_batch_size(model, max_len: int, num_samples: int = 0, free_bytes: int | None = None) -> int:

@@ -233,6 +233,9 @@ class PPOTrainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def resume(self, resume: str | None) -> None:
+        checkpoint.fresh_start(self.cfg.checkpoint_dir, resume, self.cfg.overwrite_checkpoints,
+                               self.accelerator.is_main_process)  # fmt: skip
+        self.accelerator.wait_for_everyone()
         path = checkpoint.resolve(resume, self.cfg.checkpoint_dir)
         if path is not None:
             state = checkpoint.load(self.accelerator, path)
@@ -311,9 +314,9 @@ def make_accelerator():
 
 
 def load_policy(path: str):
-    """(causal LM in fp32, chat-ready tokenizer); a bad directory is one clear error (`stages.load_causal_lm`)."""
+    """(causal LM in fp32, chat-ready tokenizer); a bad directory is one clear error (`generation.load_causal_lm`)."""
     from posttrain.chat import prepare_chat
-    from posttrain.stages import load_causal_lm
+    from posttrain.generation import load_causal_lm
 
     model, tokenizer = load_causal_lm(path, torch.float32)
     prepare_chat(model, tokenizer, assistant_only_loss=False)

@@ -224,6 +224,9 @@ def train(
     ckpt_root: Path,
 ) -> dict:
     """Run (or resume) the loop; returns the final numbers. Every process calls this."""
+    checkpoint.fresh_start(ckpt_root, cfg.resume_from_checkpoint, cfg.overwrite_checkpoints,
+                           accelerator.is_main_process)  # fmt: skip
+    accelerator.wait_for_everyone()
     resume = checkpoint.resolve(cfg.resume_from_checkpoint, ckpt_root)
     state = {"step": 0, "train_seconds": 0.0}
     if resume is not None:

