@@ -113,6 +113,18 @@ def test_full_disk_is_one_line_and_damages_nothing(tiny_run, tmp_path):
     assert (out / "resumed" / "pretrain" / "model.safetensors").is_file()
 
 
+def test_stress_bench_reports_peak_memory(tmp_path):
+    """The reduced form of bench/stress.py (10× the world there; docs/LOG.md has the numbers): world, tokenizer,
+    probe and eval as processes, each one's peak RSS in the last JSON line."""
+    proc = run([sys.executable, "bench/stress.py", "--scale", "0.2", "--depth", "1", "--num_samples", "1",
+                "--max_new_tokens", "2", "--eval_max_per_bucket", "3", "--work", str(tmp_path)], timeout=600)  # fmt: skip
+    assert_ok(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["stages"]) == {"world", "tokenizer", "probe", "eval"} and result["fits"]
+    assert result["world"]["people"] == 140 and result["probe_questions"] > 0 and result["eval_questions"] == 9
+    assert all(100 < s["peak_rss_mib"] < 24 * 1024 for s in result["stages"].values())
+
+
 def test_code_never_loads_pickles_or_remote_code():
     """Static guard over everything we ship: no pickle.load, no torch.load without weights_only=True, no
     trust_remote_code=True (a user may still pass their own flag to transformers; we never set it)."""

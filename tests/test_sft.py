@@ -4,7 +4,6 @@ no eval question in SFT data, and SFT of the converted SmolLM2."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -180,40 +179,6 @@ def test_sft_under_accelerate_launch_two_processes_with_packing(base, tmp_path):
     result = json.loads((run_dir / "eval" / "sft.json").read_text())
     assert result["buckets"]["overall"]["n"] == 9, "both processes' questions gathered once"
     AutoModelForCausalLM.from_pretrained(run_dir / "sft")
-
-
-@pytest.mark.parametrize(
-    "case, rows, kind, needles",
-    [
-        ("no_assistant", [{"messages": [{"role": "user", "content": "hi"}]}], "conversations",
-         ["bad.yaml (train)", "row 0", "no assistant turn"]),
-        ("bad_role", [{"messages": [{"role": "robot", "content": "hi"}]}], "conversations", ["row 0", "valid role"]),
-        ("text_mix", [{"text": "hello"}], "text", ["bad.yaml", "'conversations' mix, not 'text'"]),
-        ("missing_resume", None, None, ["nope", "not a complete checkpoint"]),
-        ("truncated_weights", None, None, ["truncated", "cannot load the model", "SafetensorError"]),
-    ],
-)  # fmt: skip
-def test_bad_sft_input_is_one_line(base, tmp_path, case, rows, kind, needles):
-    from conftest import assert_one_line_error, recipe_here
-
-    if case == "truncated_weights":
-        bad = tmp_path / "truncated"
-        shutil.copytree(base / "pretrain", bad)
-        weights = (bad / "model.safetensors").read_bytes()
-        (bad / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-        args = ["--config", "recipes/world/sft.yaml", "--model_name_or_path", str(bad)]
-    elif rows is None:
-        args = ["--config", "recipes/world/sft.yaml", "--resume_from_checkpoint", str(tmp_path / "nope")]
-    else:
-        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / "bad.yaml").write_text(
-            f"kind: {kind}\ndatasets:\n  - path: json\n    data_files: {tmp_path}/rows.jsonl\n"
-        )
-        args = ["--config", "recipes/world/sft.yaml", "--data_mix", str(tmp_path / "bad.yaml")]
-    before = sorted(p.name for p in base.iterdir())
-    proc = recipe_here("sft", *args, "--run_dir", str(base), *TINY_SFT)
-    assert_one_line_error(proc, *needles)
-    assert sorted(p.name for p in base.iterdir()) == before, "nothing written"
 
 
 def test_world_sft_mix_has_follow_ups_and_qa_text_stays_in_training_splits(tiny_run):

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from posttrain.errors import UserError, raise_if_disk_full
+from posttrain.errors import REFUSED_PICKLE, UserError, raise_if_disk_full, refused_pickle
 from posttrain.lineage import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
@@ -107,7 +107,8 @@ def load(accelerator, path: Path) -> dict:
         return json.loads((path / STATE_FILE).read_text())
     except Exception as exc:  # noqa: BLE001  (whatever the file, the cause to show is which checkpoint)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{path}: cannot resume from this checkpoint ({type(exc).__name__}: {first})") from exc
+        why = REFUSED_PICKLE if refused_pickle(exc) else f"{type(exc).__name__}: {first}"
+        raise UserError(f"{path}: cannot resume from this checkpoint ({why})") from exc
 
 
 def export_hf(accelerator, model, tokenizer, out: str | Path, generation_config=None, extra=None) -> Path:

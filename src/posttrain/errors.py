@@ -78,6 +78,17 @@ def raise_if_disk_full(path, exc: BaseException) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
+REFUSED_PICKLE = (
+    "a state file is a pickle with more than tensors in it: refused, not run (torch.load with "
+    "weights_only=True); resume only from checkpoints you trust, as written by posttrain"
+)
+
+
+def refused_pickle(exc: BaseException) -> bool:
+    """torch's weights-only unpickler refused a file (its own message goes on to suggest weights_only=False)."""
+    return "Weights only load failed" in str(exc)
+
+
 def _close_progress_bars() -> None:
     """A failure mid-loop leaves tqdm's bar open without a newline: close it so the error starts its own line."""
     tqdm_std = sys.modules.get("tqdm.std")
@@ -111,6 +122,9 @@ def entrypoint(main: Callable[[], object]) -> None:
         if debug:
             raise
         _close_progress_bars()
+        if refused_pickle(exc):
+            print(f"error: {REFUSED_PICKLE}", file=sys.stderr)
+            sys.exit(2)
         full = disk_full(exc) or low_space()
         if full:
             print(

@@ -326,7 +326,7 @@ def train(
 
 def restore_scheduler(scheduler, state: dict) -> None:
     """The LR schedule's position lives in trainer_state.json (plain numbers), not in a pickle: accelerate's
-    `register_for_checkpointing` reloads custom objects with `torch.load(weights_only=False)`, which runs whatever
+    `register_for_checkpointing` reloads custom objects with an unrestricted `torch.load`, which runs whatever
     a tampered checkpoint holds. A checkpoint without it (older ones) replays the schedule to its step."""
     saved = state.get("scheduler")
     if saved is None:
