@@ -152,15 +152,19 @@ def run_straight(stage: str, run_dir: Path, steps: int, env: dict) -> tuple[floa
 def kill_chain(stage: str, run_dir: Path, steps: int, kills: int, interval: float, rng, env: dict) -> list[dict]:
     """`kills` runs, each SIGKILLed at a random moment, then the resume that finishes; a record per kill."""
     ckpt = run_dir / STAGES[stage]["ckpt"]
-    every = 2  # both stages above checkpoint every 2 steps
-    targets = sorted(rng.sample(range(every, steps, every), k=min(kills, (steps - 1) // every)))
-    targets += [rng.randrange(every, steps, every) for _ in range(kills - len(targets))]
+    every = 2  # every stage above checkpoints every 2 steps
+    last = (steps - 1) // every * every  # the last checkpoint (none at the final step: the export follows)
+    targets = sorted(rng.sample(range(every, last + 1, every), k=min(kills, last // every)))
+    targets += [rng.randrange(every, last + 1, every) for _ in range(kills - len(targets))]
     records = []
     for target in targets:
         resume_from = newest_step(ckpt)
+        # wait for the drawn checkpoint (or the next one, or the last there is); then a random delay. Resumed from
+        # the last checkpoint, the delay runs from the start: the kill lands in start-up or the last steps.
+        wait_for = min(max(target, resume_from + every), last)
         proc = subprocess.Popen(stage_cmd(stage, run_dir, steps, True), cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        while proc.poll() is None and newest_step(ckpt) < max(target, resume_from + every):
+        while proc.poll() is None and newest_step(ckpt) < wait_for:
             time.sleep(0.01)
         delay = rng.uniform(0, interval)
         time.sleep(delay)
@@ -168,7 +172,7 @@ def kill_chain(stage: str, run_dir: Path, steps: int, kills: int, interval: floa
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         check = check_checkpoint(ckpt)
-        records.append({"resumed_from": resume_from, "kill_after_checkpoint": max(target, resume_from + every),
+        records.append({"resumed_from": resume_from, "kill_after_checkpoint": wait_for,
                         "delay_s": round(delay, 3), "killed": not finished and proc.returncode == -signal.SIGKILL,
                         "latest": check["name"], "latest_ok": check["ok"], "files_read": check["files"],
                         "problem": check["problem"]})  # fmt: skip
