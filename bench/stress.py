@@ -63,18 +63,25 @@ def main(argv=None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=16)
     p.add_argument("--eval_max_per_bucket", type=int, default=10**9, help="default: every eval question")
     p.add_argument("--work", default=None, help="the run folder (default: a temporary one)")
+    p.add_argument("--from_run", default=None, help="a run with world/ and tokenizer/: measure probe and eval only")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.work or tmp) / "stress"
-        stages = [
-            measured("world", [py, "recipes/world.py", "--config", "recipes/world/world.yaml", "--run_dir", str(run),
-                               "--scale", str(args.scale)], env),
-            measured("tokenizer", [py, "recipes/tokenizer.py", "--config", "recipes/world/tokenizer.yaml",
-                                   "--run_dir", str(run)], env),
-        ]  # fmt: skip
+        if args.from_run:  # a world and tokenizer made already: only the probe and the eval are measured
+            run.mkdir(parents=True)
+            for part in ("world", "tokenizer"):
+                (run / part).symlink_to(Path(args.from_run).absolute() / part)
+            stages = []
+        else:
+            stages = [
+                measured("world", [py, "recipes/world.py", "--config", "recipes/world/world.yaml", "--run_dir",
+                                   str(run), "--scale", str(args.scale)], env),
+                measured("tokenizer", [py, "recipes/tokenizer.py", "--config", "recipes/world/tokenizer.yaml",
+                                       "--run_dir", str(run)], env),
+            ]  # fmt: skip
         random_model(run, args.depth)
         stages.append(measured("probe", [py, "recipes/probe.py", "--config", "recipes/world/probe.yaml", "--run_dir",
                                          str(run), "--num_samples", str(args.num_samples), "--max_new_tokens",
@@ -87,7 +94,7 @@ def main(argv=None) -> int:
         questions = sum(1 for _ in open(run / "probe" / "questions.jsonl"))
         evaluated = json.loads((run / "eval" / "stress.json").read_text())["buckets"]["overall"]["n"]
     peak = max(s["peak_rss_mib"] for s in stages)
-    summary = {"scale": args.scale, "world": people, "probe_questions": questions, "eval_questions": evaluated,
+    summary = {"scale": None if args.from_run else args.scale, "world": people, "probe_questions": questions, "eval_questions": evaluated,
                "stages": {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in stages},
                "peak_rss_mib": peak, "memory_gib": 24, "fits": peak < 24 * 1024}  # fmt: skip
     print(json.dumps(summary))

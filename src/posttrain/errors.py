@@ -85,7 +85,7 @@ REFUSED_PICKLE = (
 
 
 def refused_pickle(exc: BaseException) -> bool:
-    """torch's weights-only unpickler refused a file (its own message goes on to suggest weights_only=False)."""
+    """torch's weights-only unpickler refused a file (its own message goes on to suggest turning that off)."""
     return "Weights only load failed" in str(exc)
 
 
