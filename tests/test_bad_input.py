@@ -140,6 +140,8 @@ CASES = [
      ["max_steps", "invalid int value: 'ten'"]),
     ("unknown_option", "here", "grpo", lambda e, t: ["--config", "recipes/world/grpo.yaml", "--num_generatoins", "4"],
      ["unknown option --num_generatoins"]),
+    ("abbreviated_option", "here", "pretrain", lambda e, t: [*PRETRAIN, "--max_step", "4"],
+     ["unknown option --max_step"]),
     ("missing_config_file", "here", "reward", lambda e, t: ["--config", str(t / "nope.yaml")],
      ["nope.yaml", "config file not found"]),
     ("yaml_syntax_error", "here", "sft", lambda e, t: ["--config", _write(t / "c.yaml", "max_steps: [1\n")],

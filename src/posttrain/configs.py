@@ -116,7 +116,7 @@ def parse_config(dataclass_types, args: Sequence[str] | None = None) -> tuple:
     dataclass_types = list(dataclass_types) if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
     args = list(sys.argv[1:] if args is None else args)
     hints = field_types(dataclass_types)
-    parser = _Parser(dataclass_types)
+    parser = _Parser(dataclass_types, allow_abbrev=False)  # a typo that is a prefix (`--num_gen`) must not pass
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
