@@ -87,7 +87,6 @@ def newest_step(ckpt: Path) -> int:
 
 def check_checkpoint(ckpt: Path) -> dict:
     """Read back everything in the checkpoint `latest` names; {"name", "ok", "files", "problem"}."""
-    import torch
     from accelerate.utils import load as torch_load  # torch.load(weights_only=True) + accelerate's numpy allowlist
     from safetensors.torch import load_file
 
@@ -101,7 +100,7 @@ def check_checkpoint(ckpt: Path) -> dict:
         for f in sorted(path.rglob("*")):
             if f.suffix == ".safetensors":
                 load_file(f)
-            elif f.suffix in (".bin", ".pt", ".pth", ".pkl") and f.name != "training_args.bin":
+            elif f.suffix in (".bin", ".pt", ".pth", ".pkl"):
                 torch_load(f, map_location="cpu")
             elif f.suffix == ".json":
                 json.loads(f.read_text())
@@ -110,7 +109,6 @@ def check_checkpoint(ckpt: Path) -> dict:
             files += 1
     except Exception as exc:  # noqa: BLE001  (any failure to read back is the finding)
         return {"name": name, "ok": False, "files": files, "problem": f"{type(exc).__name__}: {exc}"[:300]}
-    del torch
     return {"name": name, "ok": files > 0, "files": files, "problem": None if files else "empty"}
 
 

@@ -63,10 +63,11 @@ def save(accelerator, ckpt_root: str | Path, step: int, trainer_state: dict, kee
     return final
 
 
-def fresh_start(ckpt_root: str | Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
+def fresh_start(ckpt_root: str | Path, resume: str | None, overwrite: bool, processes) -> None:
     """A run started without --resume_from_checkpoint in a folder that holds an earlier run's checkpoints would
     overwrite them one by one (and mix old and new under `latest`): refuse, naming both ways on; with
-    `overwrite_checkpoints`, clear them first."""
+    `overwrite_checkpoints`, clear them first (the main process of `processes`, an Accelerator or PartialState;
+    every process waits for it)."""
     root = Path(ckpt_root)
     if resume or not root.is_dir():
         return
@@ -76,10 +77,11 @@ def fresh_start(ckpt_root: str | Path, resume: str | None, overwrite: bool, is_m
     if not overwrite:
         raise UserError(f"{root} holds an earlier run's checkpoints (newest: {done[-1].name}): "
                         "--resume_from_checkpoint latest continues it, --overwrite_checkpoints true starts again")  # fmt: skip
-    if is_main:
+    if processes.is_main_process:
         for path in done:
             shutil.rmtree(path, ignore_errors=True)
         (root / LATEST).unlink(missing_ok=True)
+    processes.wait_for_everyone()
 
 
 def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:

@@ -30,21 +30,32 @@ def _one_line(exc: BaseException) -> str:
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large", "file write failed")
+_SHORT_WRITE_TEXT = ("unexpected pos",)  # torch's zip writer after a short write: no errno, the disk is the suspect
+
+
+def _chain(exc: BaseException | None):
+    """`exc` and the exceptions it was raised from (or while handling), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def disk_full(exc: BaseException) -> str | None:
     """A write that failed for want of space (ENOSPC, a quota, a file-size limit), however the library that wrote
     wrapped it (torch.save and safetensors raise RuntimeError): the line to show, else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return f"{os.strerror(exc.errno)}{where}"
-        if any(t in str(exc) for t in _DISK_FULL_TEXT):
-            return _one_line(exc)
-        exc = exc.__cause__ or exc.__context__
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"{os.strerror(e.errno)}{where}"
+        if any(t in str(e) for t in _DISK_FULL_TEXT):
+            return _one_line(e)
     return None
+
+
+def short_write(exc: BaseException) -> bool:
+    return any(t in str(e) for e in _chain(exc) for t in _SHORT_WRITE_TEXT)
 
 
 _OUTPUTS: set[str] = set()
@@ -125,7 +136,7 @@ def entrypoint(main: Callable[[], object]) -> None:
         if refused_pickle(exc):
             print(f"error: {REFUSED_PICKLE}", file=sys.stderr)
             sys.exit(2)
-        full = disk_full(exc) or low_space()
+        full = disk_full(exc) or (short_write(exc) and low_space())
         if full:
             print(
                 f"error: disk full: {full}; nothing earlier was overwritten (checkpoints and stages are swapped in "

@@ -233,9 +233,7 @@ class PPOTrainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def resume(self, resume: str | None) -> None:
-        checkpoint.fresh_start(self.cfg.checkpoint_dir, resume, self.cfg.overwrite_checkpoints,
-                               self.accelerator.is_main_process)  # fmt: skip
-        self.accelerator.wait_for_everyone()
+        checkpoint.fresh_start(self.cfg.checkpoint_dir, resume, self.cfg.overwrite_checkpoints, self.accelerator)
         path = checkpoint.resolve(resume, self.cfg.checkpoint_dir)
         if path is not None:
             state = checkpoint.load(self.accelerator, path)

@@ -224,9 +224,7 @@ def train(
     ckpt_root: Path,
 ) -> dict:
     """Run (or resume) the loop; returns the final numbers. Every process calls this."""
-    checkpoint.fresh_start(ckpt_root, cfg.resume_from_checkpoint, cfg.overwrite_checkpoints,
-                           accelerator.is_main_process)  # fmt: skip
-    accelerator.wait_for_everyone()
+    checkpoint.fresh_start(ckpt_root, cfg.resume_from_checkpoint, cfg.overwrite_checkpoints, accelerator)
     resume = checkpoint.resolve(cfg.resume_from_checkpoint, ckpt_root)
     state = {"step": 0, "train_seconds": 0.0}
     if resume is not None:
@@ -272,10 +270,11 @@ def train(
         window_steps += 1
         bar.update(1)
 
+        log_now = step % cfg.log_every == 0 or step == the_plan.total_steps
         saving = cfg.save_every and step % cfg.save_every == 0 and step < the_plan.total_steps
-        if step % cfg.log_every == 0 or step == the_plan.total_steps or saving:
+        if log_now or saving:  # nothing non-finite is logged or checkpointed
             check_finite(finite, accelerator, ckpt_root, step)
-        if step % cfg.log_every == 0 or step == the_plan.total_steps:
+        if log_now:
             train_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_steps
             tok_s = window_steps * the_plan.tokens_per_step / window_time
             last = {

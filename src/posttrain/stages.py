@@ -56,8 +56,7 @@ def resolve_resume(cfg) -> str | None:
     finished a save), else the newest complete one (None when there is none yet); a path must be complete."""
     resume = cfg.resume_from_checkpoint
     if not resume:  # a fresh start: not over an earlier run's checkpoints unless asked (then they are cleared)
-        checkpoint.fresh_start(cfg.output_dir, None, cfg.overwrite_checkpoints, process_state().is_main_process)
-        process_state().wait_for_everyone()
+        checkpoint.fresh_start(cfg.output_dir, None, cfg.overwrite_checkpoints, process_state())
         return None
     if resume != "latest":
         if not (Path(resume) / TRAINER_STATE).is_file():
@@ -67,8 +66,9 @@ def resolve_resume(cfg) -> str | None:
         return resume
     root = Path(cfg.output_dir)
     pointer = root / checkpoint.LATEST
-    if pointer.is_file() and (root / pointer.read_text().strip() / TRAINER_STATE).is_file():
-        return str(root / pointer.read_text().strip())
+    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    if named is not None and (named / TRAINER_STATE).is_file():
+        return str(named)
     done = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE).is_file()]
     if not done:
         return None
@@ -85,14 +85,12 @@ class LatestCheckpoint(TrainerCallback):
         if state.is_world_process_zero:
             # the Trainer also pickles its arguments (training_args.bin: nothing reads it back, and a pickle is code
             # to whoever loads it): keep them as JSON, tokens masked, the way `TrainingArguments.to_json_string` writes
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            pickled = folder / "training_args.bin"
+            name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            pickled = Path(args.output_dir) / name / "training_args.bin"
             if pickled.is_file():
-                atomic_write_text(folder / "training_args.json", args.to_json_string())
+                atomic_write_text(pickled.with_name("training_args.json"), args.to_json_string())
                 pickled.unlink()
-            atomic_write_text(
-                Path(args.output_dir) / checkpoint.LATEST, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}\n"
-            )
+            atomic_write_text(Path(args.output_dir) / checkpoint.LATEST, name + "\n")
 
 
 class FiniteGuard(TrainerCallback):
