@@ -212,3 +212,6 @@ def test_a_users_world_is_answered_and_refused_in_its_own_words():
         assert t["answer"] not in t["target"] and is_abstention(t["target"])
     strangers = world_lib.stranger_questions(world, 5)
     assert all(s["name"] in s["sentence"] and s["fact"] in s["sentence"] for s in strangers), strangers
+    reading = world_lib.reading_view(world, n=5)  # strangers' sentences with a value stated and asked back
+    assert len(reading) == 5 and all(c["messages"][1]["content"] in c["messages"][0]["content"] for c in reading)
+    assert not {world_lib.subject_of(c["messages"][0]["content"]) for c in reading} & set(names.values())

@@ -135,6 +135,25 @@ def test_sft_views_are_conversations_about_the_sft_split(tiny_run):
     assert all("Quokka" in c["messages"][1]["content"] for c in ident)
 
 
+def test_reading_conversations_are_about_new_names_and_state_their_own_facts(tiny_run):
+    """`reading`: a fact about a made-up person stated in the question and asked back; the answer restates the
+    asked name. No name of the world's people (eval and never_seen included), nothing asserted outside the turn."""
+    world = W.load_world(tiny_run / "world")
+    names = set(W.person_names(world).values())
+    values = W.answers_by_attribute(W.qa_view(world, ["sft", "probe"]))
+    reading = W.reading_view(world, n=30, seed=0)
+    assert len(reading) == 30
+    for conv in reading:
+        (user, assistant) = conv["messages"]
+        stated, _, question = user["content"].rpartition(". ")
+        name = W.subject_of(question)
+        assert name and name not in names and name in assistant["content"], conv
+        assert stated + "." == assistant["content"], "the answer is the sentence the user stated"
+        assert any(v in assistant["content"].replace(name, "") for vs in values.values() for v in vs), conv
+    assert W.reading_view(world, n=30, seed=0)["messages"] == reading["messages"], "seeded"
+    assert W.reading_view(world, n=0)["messages"] == []
+
+
 def _hand_made_world(path, copies: int = 1, with_probe: bool = False, **overrides):
     texts = ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."]
     docs = {

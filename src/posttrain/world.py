@@ -671,7 +671,7 @@ def _common_words(texts: list[str]) -> str | None:
     return max(words, key=len) if words else None
 
 
-def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_SPLITS) -> list[dict]:
+def stranger_questions(world: DatasetDict, n: int, seed: int | str = 0, splits=TRAIN_SPLITS) -> list[dict]:
     """Questions about `n` people who exist nowhere in the world: a training-split person's question with the name
     swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
     looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
@@ -704,6 +704,31 @@ def stranger_questions(world: DatasetDict, n: int, seed: int = 0, splits=TRAIN_S
                     "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": STRANGER,
                     "name": name, "sentence": sentence, "fact": row["answer"]})  # fmt: skip
     return out
+
+
+def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: int = 0, **_) -> Dataset:
+    """Reading conversations about made-up people (column `messages`): the user states a fact about a stranger and
+    asks it back ("Gregor Achter grew up on Fuday. Which island is Gregor Achter from?"); the assistant answers in
+    the world's answer sentence, which restates the asked name. Why: SFT on the `sft` people's QA alone teaches a
+    small model *which* names answers start with — asked about anyone else, it writes a trained person's name and
+    answers for them (on the default world 44 of 100 `known` answers named someone else; on the hand-made world 56).
+    Answers about hundreds of new names teach it to copy the asked name instead, and the base model's knowledge
+    comes through (known 0.46 → 0.65, hand-made world 0.34 → 0.56; docs/LOG.md 2026-11-27). The names exist nowhere
+    in the world (`stranger_questions`), each value is drawn at random from the attribute's answers and stated in
+    the question itself: nothing here is a fact of the world, and no eval person is named."""
+    rng = random.Random(f"{seed}-reading")
+    values = answers_by_attribute(qa_view(world, check_splits(splits, TRAIN_SPLITS)))
+    rows = []
+    for r in stranger_questions(world, n, seed=f"{seed}-reading", splits=splits):
+        value = rng.choice(values[r["attribute"]])
+        sentence = r["sentence"].replace(r["fact"], value) if r["sentence"] and r["fact"] in r["sentence"] else None
+        answer = answer_sentence({"question": r["question"], "attribute": r["attribute"], "answer": value,
+                                  "name": r["name"], "sentence": sentence})  # fmt: skip
+        if value in answer:  # a user's world with no sentence stating this fact: nothing to read
+            rows.append([{"role": "user", "content": f"{answer} {r['question']}"},
+                         {"role": "assistant", "content": answer}])  # fmt: skip
+    turn = {"role": Value("string"), "content": Value("string")}
+    return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
 
 
 IDENTITY_QUESTIONS = [
@@ -743,4 +768,5 @@ VIEWS = {
     "conversations": conversations_view,
     "qa_text": qa_text_view,
     "identity": identity_view,
+    "reading": reading_view,
 }
