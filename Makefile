@@ -9,7 +9,7 @@ WORLD  ?=
 ARGS   ?=
 RUN_DIR ?= runs/$(RUN)
 # RECIPES=world (default): the embedded world from scratch. RECIPES=smollm2: post-train the packaged
-# SmolLM2-135M-Instruct on a quarter-size world (SFT → probe → refusal), no pretraining.
+# SmolLM2-135M-Instruct on a quarter-size world (SFT → probe → refusal → GRPO), no pretraining.
 RECIPES ?= world
 # Training stages continue from their newest checkpoint when there is one (a rerun after a kill picks up where
 # it stopped; a rerun of a finished run redoes only the steps after its last checkpoint). RESUME= starts them afresh
@@ -64,6 +64,7 @@ ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS)
+	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/smollm2/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
 else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
