@@ -586,6 +586,10 @@ class ProbeConfig(RunArguments):
     known_min: float = field(default=0.75, metadata={"help": "known: share of correct samples at least this."})
     unknown_max: float = field(default=0.0, metadata={"help": "unknown: share of correct samples at most this..."})
     wrong_min: float = field(default=0.5, metadata={"help": "... and share of wrong (informative) samples at least."})
+    pair_known_min: float = field(
+        default=0.0, metadata={"help": "Preference pairs: a correct answer beats a refusal only where at least this "
+                                       "share of samples was correct (answer targets follow known_min)."},
+    )  # fmt: skip
     mixed: str = field(default="skip", metadata={"help": "Target for mixed questions: skip | refuse | hedge."})
     refusal_style: str = field(
         default="early",
