@@ -119,7 +119,9 @@ def test_judgments_labels_and_targets():
     low = probe.training_targets(rows, probe.LabelRule(0.25, 0.0, 0.5), mixed="skip", seed=0)
     assert [t["label"] for t in low] == ["known", "unknown", "known"], "1 of 4 right: an answer target"
     assert [p["pair_type"] for p in probe.preference_pairs(low, known_min=0.5)] == [
-        "correct_over_refusal", "refusal_over_wrong", "correct_over_wrong"
+        "correct_over_refusal",
+        "refusal_over_wrong",
+        "correct_over_wrong",
     ], "... but no 'right answer beats a refusal' pair below pair_known_min"
     assert [p["pair_type"] for p in probe.preference_pairs(low)].count("correct_over_refusal") == 2
     assert pairs[1]["rejected"][0]["content"] == "Ada Velmor was born in Rome."

@@ -336,7 +336,7 @@ def preference_pairs(targets: list[dict], known_min: float = 0.0) -> list[dict]:
         kinds = []
         if t["label"] == UNKNOWN and t["wrong_answer"]:
             kinds.append((t["refusal"], t["wrong_answer"], "refusal_over_wrong"))
-        if t["label"] == KNOWN and t.get("p_correct", 1.0) >= known_min:
+        if t["label"] == KNOWN and t["p_correct"] >= known_min:
             kinds.append((t["correct_answer"], t["refusal"], "correct_over_refusal"))
         if t["label"] in (KNOWN, MIXED) and t["wrong_answer"]:
             kinds.append((t["correct_answer"], t["wrong_answer"], "correct_over_wrong"))
