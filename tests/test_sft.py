@@ -112,6 +112,29 @@ def test_prepare_chat_adds_template_pad_and_stop():
     assert "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Posty.<|im_end|>" in text
 
 
+def test_freeze_below_trains_only_the_top_of_the_model():
+    """`trainable_last_layers`: one optimizer step moves the last layers, final norm and head, nothing below."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from posttrain.sft import freeze_below
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "layers 1-2 + norm + head" in freeze_below(model, 2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 50, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith(("model.layers.1.", "model.layers.2.", "model.norm.", "lm_head.")) for k in moved)
+    assert {"lm_head.weight", "model.norm.weight", "model.layers.2.mlp.up_proj.weight"} <= moved
+    assert "training layers 0-2" in freeze_below(model, 9), "more layers than the model has: all of them"
+    with pytest.raises(UserError, match="trainable_last_layers: 0"):
+        freeze_below(model, 0)
+
+
 def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
     proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT)
     assert_ok(proc)

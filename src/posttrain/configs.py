@@ -473,6 +473,11 @@ class SFTStageConfig(TrainerStage, SFTConfig):
     )  # fmt: skip
     probe_config: str = field(default="recipes/world/probe.yaml", metadata={"help": "The probe YAML for rounds > 1."})
     assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
+    trainable_last_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the last N decoder layers, the final norm and the LM head; freeze the "
+                  "embeddings and the layers below (as LLaMA-Factory's freeze tuning). Default: train everything."},
+    )  # fmt: skip
 
 
 @dataclass

@@ -53,7 +53,28 @@ def check_conversations(ds: Dataset, where: str) -> None:
             raise UserError(f"{where}: row {i} has no assistant turn (nothing to learn from)")
 
 
+def freeze_below(model, last_layers: int) -> str:
+    """Train only the last `last_layers` decoder layers, the final norm and the LM head (a plain `requires_grad`
+    freeze: PEFT's freeze-free alternative, LoRA, still moves every layer it targets, and the checkpoint stays a
+    stock model). Return what trains, for the log."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if last_layers < 1 or layers is None:
+        raise UserError(f"trainable_last_layers: {last_layers} — needs N >= 1 and a model with .model.layers "
+                        f"(a Llama-family causal LM); got {type(model).__name__}")  # fmt: skip
+    first = max(0, len(layers) - last_layers)
+    frozen = {id(p) for p in model.get_input_embeddings().parameters()}
+    frozen |= {id(p) for layer in layers[:first] for p in layer.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"training layers {first}-{len(layers) - 1} + norm + head ({n / 1e6:.2f}M weights), the rest frozen"
+
+
 def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
+    if cfg.trainable_last_layers is not None:
+        if model_args.use_peft:
+            raise UserError("trainable_last_layers and use_peft: choose one (LoRA trains its adapters only)")
+        print(f"{cfg.stage}: {freeze_below(model, cfg.trainable_last_layers)}")
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
     trainer = SFTTrainer(
         model=model,
