@@ -152,7 +152,8 @@ def test_every_refusal_template_reads_as_an_abstention():
 @pytest.mark.slow
 def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     """probe.py on a tiny trained model writes inspectable files and gate baselines; sft.py with refusal.yaml
-    trains on them, re-probes its own model and trains again (--rounds 2)."""
+    trains on them, re-probes its own model and trains again (--rounds 2), here with the embeddings frozen
+    (--trainable_last_layers)."""
     from test_sft import TINY_SFT
 
     run_dir = random_base(tiny_run, tmp_path / "run")
@@ -181,13 +182,18 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     probe_yaml.write_text((REPO / "recipes/world/probe.yaml").read_text() +
                           "".join(f"\n{k}: {v}" for k, v in tiny_probe.items()) + "\n")  # fmt: skip
     proc = recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT,
-                  "--rounds", "2", "--probe_config", str(probe_yaml))  # fmt: skip
+                  "--rounds", "2", "--probe_config", str(probe_yaml), "--trainable_last_layers", "1")  # fmt: skip
     assert_ok(proc)
-    assert "round 2/2" in proc.stdout
+    assert "round 2/2" in proc.stdout and "training layers 0-0 + norm + head" in proc.stdout
     assert (out / "round_1" / "judgments.jsonl").is_file(), "round 1's probe kept for inspection"
     assert json.loads((out / "lineage.json").read_text())["parents"]["model"]["path"] == str(run_dir / "refusal")
     lineage = json.loads((run_dir / "refusal" / "lineage.json").read_text())
     assert lineage["stage"] == "refusal" and lineage["parents"]["model"]["path"] == str(run_dir / "refusal")
+    from safetensors.torch import load_file
+
+    sft_w, ref_w = (load_file(run_dir / d / "model.safetensors") for d in ("sft", "refusal"))
+    assert (sft_w["model.embed_tokens.weight"] == ref_w["model.embed_tokens.weight"]).all(), "embeddings frozen"
+    assert not (sft_w["lm_head.weight"] == ref_w["lm_head.weight"]).all(), "the head trained"
     result = json.loads((run_dir / "eval" / "refusal.json").read_text())
     assert result["vs_parent"]["parent"] == str(run_dir / "sft")
     assert {"known_correct", "never_seen_hallucination", "refusal_shift"} <= set(result["vs_parent"])

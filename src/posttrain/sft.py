@@ -15,6 +15,7 @@ from trl import SFTTrainer, get_peft_config
 
 from posttrain.data import load_mix, read_mix
 from posttrain.errors import UserError
+from posttrain.runtime import process_state
 from posttrain.stages import with_callbacks
 
 
@@ -54,9 +55,9 @@ def check_conversations(ds: Dataset, where: str) -> None:
 
 
 def freeze_below(model, last_layers: int) -> str:
-    """Train only the last `last_layers` decoder layers, the final norm and the LM head (a plain `requires_grad`
-    freeze: PEFT's freeze-free alternative, LoRA, still moves every layer it targets, and the checkpoint stays a
-    stock model). Return what trains, for the log."""
+    """Train only the last `last_layers` decoder layers, the final norm and the LM head; with tied embeddings the
+    head stays frozen with them. A plain `requires_grad` freeze, written here because PEFT has no freeze-tuning mode
+    (its methods add adapter weights); the checkpoint stays a stock model. Return what trains, for the log."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if last_layers < 1 or layers is None:
         raise UserError(f"trainable_last_layers: {last_layers} — needs N >= 1 and a model with .model.layers "
@@ -74,7 +75,9 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
     if cfg.trainable_last_layers is not None:
         if model_args.use_peft:
             raise UserError("trainable_last_layers and use_peft: choose one (LoRA trains its adapters only)")
-        print(f"{cfg.stage}: {freeze_below(model, cfg.trainable_last_layers)}")
+        what = freeze_below(model, cfg.trainable_last_layers)
+        if process_state().is_main_process:
+            print(f"{cfg.stage}: {what}")
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
     trainer = SFTTrainer(
         model=model,
@@ -96,7 +99,6 @@ def reprobe(cfg, round_: int) -> str:
 
     from posttrain import probe
     from posttrain.configs import ProbeConfig, parse_config
-    from posttrain.runtime import process_state
 
     state = process_state()
     probe_dir = Path(cfg.run_dir) / "probe"
