@@ -94,6 +94,7 @@ def test_factuality_cli_on_the_world(tiny_run, tiny_model, tmp_path):
         assert m["correct"] + m["incorrect"] + m["not_attempted"] == pytest.approx(1.0)
         assert {"f_score", "penalty_t0.5", "penalty_t0.75", "penalty_t0.9", "correct_given_attempted"} <= set(m)
     assert result["buckets"]["overall"]["n"] == 36 and set(result["calibration"]) >= {"auroc", "ece"}
+    assert result["calibration"]["plot_confidence"] == "agreement of sampled answers", "2 samples: binned on agreement"
     assert result["prompt"] == "chat", "a model without a pretrain lineage and with a chat template is chatted with"
     assert "| known |" in proc.stdout and out.with_suffix(".md").is_file()
     assert (tmp_path / "run" / "plots" / "reliability_tiny.png").is_file()

@@ -155,6 +155,7 @@ def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
     assert lineage["summary"]["steps"] == 4
     result = json.loads((base / "eval" / "sft.json").read_text())
     assert result["prompt"] == "chat" and set(result["buckets"]) == {*EVAL_BUCKETS.values(), "overall"}
+    assert result["calibration"]["plot_confidence"] == "mean token probability of the answer", "1 sample per question"
     assert (base / "plots" / "sft_loss.png").is_file() and "## sft" in (base / "report.md").read_text()
     assert sorted(p.name for p in (base / "checkpoints" / "sft").glob("checkpoint-*")) == ["checkpoint-4"]
 

@@ -67,7 +67,9 @@ def loss_curves(records: list[dict], path: str | Path, title: str) -> Path:
     return Path(path)
 
 
-def reliability_diagram(bins: list[dict], path: str | Path, title: str) -> Path:
+def reliability_diagram(
+    bins: list[dict], path: str | Path, title: str, confidence: str = "agreement of sampled answers"
+) -> Path:
     """Accuracy against confidence per bin; the diagonal is perfect calibration."""
     used = [b for b in bins if b["n"]]
     with _figure(path, (5, 5)) as ax:
@@ -78,7 +80,7 @@ def reliability_diagram(bins: list[dict], path: str | Path, title: str) -> Path:
             ax.annotate(str(b["n"]), (c, b["acc"]), ha="center", va="bottom", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("confidence (agreement of sampled answers)")
+        ax.set_xlabel(f"confidence ({confidence})")
         ax.set_ylabel("accuracy of attempted answers")
         ax.set_title(title)
         ax.legend(loc="upper left")

@@ -158,6 +158,10 @@ def score(rows: list[dict], greedy, samples) -> list[dict]:
     return records
 
 
+PLOT_AGREEMENT = "agreement of sampled answers"
+PLOT_TOKEN_PROB = "mean token probability of the answer"
+
+
 def summarize(records: list[dict], model: str, eval_set: str, extra: dict | None = None) -> tuple[dict, list[dict]]:
     """The CONTRACTS §5 JSON (plus extra keys) and the reliability bins."""
     buckets = defaultdict(list)
@@ -182,8 +186,11 @@ def summarize(records: list[dict], model: str, eval_set: str, extra: dict | None
         "n_attempted": len(attempted),
         "confidence": "agreement of sampled answers with the greedy answer",
     }
+    # with fewer than two samples a question agrees 0 or 1: the reliability plot bins on token probability instead
+    by_tokens = all(len(rec.get("samples") or []) < 2 for rec in attempted)
+    result["calibration"]["plot_confidence"] = PLOT_TOKEN_PROB if by_tokens else PLOT_AGREEMENT
     result.update(extra or {})
-    return clean(result), reliability_bins(conf, ok_conf)
+    return clean(result), reliability_bins(*((tprob, ok_tprob) if by_tokens else (conf, ok_conf)))
 
 
 def markdown_table(result: dict) -> str:
@@ -272,7 +279,8 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     run_dir = out.parent.parent if out.parent.name == "eval" else None
     plot_dir = run_dir / "plots" if run_dir else out.parent
-    reliability_diagram(bins, plot_dir / f"reliability_{out.stem}.png", f"Reliability: {out.stem}")
+    reliability_diagram(bins, plot_dir / f"reliability_{out.stem}.png", f"Reliability: {out.stem}",
+                        result["calibration"]["plot_confidence"])  # fmt: skip
     if run_dir is not None:
         build_report(run_dir)
     print(f"factuality of {cfg.model} on {cfg.eval_set} ({style} prompt) -> {out}\n{markdown_table(result)}")
