@@ -67,10 +67,9 @@ def loss_curves(records: list[dict], path: str | Path, title: str) -> Path:
     return Path(path)
 
 
-def reliability_diagram(
-    bins: list[dict], path: str | Path, title: str, confidence: str = "agreement of sampled answers"
-) -> Path:
-    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+def reliability_diagram(bins: list[dict], path: str | Path, title: str, confidence: str) -> Path:
+    """Accuracy against confidence per bin (`confidence` names what was binned); the diagonal is perfect
+    calibration."""
     used = [b for b in bins if b["n"]]
     with _figure(path, (5, 5)) as ax:
         ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
