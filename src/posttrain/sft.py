@@ -58,10 +58,12 @@ def freeze_below(model, last_layers: int) -> str:
     """Train only the last `last_layers` decoder layers, the final norm and the LM head; with tied embeddings the
     head stays frozen with them. A plain `requires_grad` freeze, written here because PEFT has no freeze-tuning mode
     (its methods add adapter weights); the checkpoint stays a stock model. Return what trains, for the log."""
+    if last_layers < 1:
+        raise UserError(f"trainable_last_layers: {last_layers} — needs N >= 1 (leave it unset to train everything)")
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if last_layers < 1 or layers is None:
-        raise UserError(f"trainable_last_layers: {last_layers} — needs N >= 1 and a model with .model.layers "
-                        f"(a Llama-family causal LM); got {type(model).__name__}")  # fmt: skip
+    if layers is None:
+        raise UserError(f"trainable_last_layers: {type(model).__name__} has no .model.layers (a Llama-family "
+                        "causal LM has)")  # fmt: skip
     first = max(0, len(layers) - last_layers)
     frozen = {id(p) for p in model.get_input_embeddings().parameters()}
     frozen |= {id(p) for layer in layers[:first] for p in layer.parameters()}
