@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, assert_ok, random_base, recipe, recipe_here
 
 from posttrain import probe
+from posttrain.configs import ProbeConfig, parse_config
 from posttrain.errors import UserError
 from posttrain.evals.grading import is_abstention
 from posttrain.world import load_world
@@ -140,6 +141,22 @@ def test_judgments_labels_and_targets():
         probe.training_targets(rows, probe.LabelRule(), mixed="maybe")
 
 
+def test_confident_unknowns_lose_their_refusal_targets_but_strangers_keep_theirs():
+    def row(split, label, correct, confidence):
+        return {"question": "Where was Ada Velmor born?", "split": split, "label": label, "correct": correct,
+                "answer_confidence": confidence, "target": "x"}  # fmt: skip
+
+    right = [row("probe", "known", True, c) for c in (-0.1, -0.2, -0.3, -0.4, -2.0)]
+    unsure, sure = row("probe", "unknown", False, -3.0), row("probe", "unknown", False, -0.25)
+    stranger = row("stranger", "unknown", False, -0.05)
+    targets, threshold = probe.skip_confident_unknowns([*right, unsure, sure, stranger], recall=0.8)
+    assert threshold == -0.4, "the level 4 of the 5 right answers reach"
+    assert [t["target"] for t in targets[5:]] == ["x", None, "x"]
+    assert targets[6]["confident_unknown"] and all(t["target"] == "x" for t in targets[:5]), "answers untouched"
+    with pytest.raises(UserError, match="confident_unknowns must be"):
+        parse_config(ProbeConfig, args=["--run_dir", "r", "--confident_unknowns", "drop"])
+
+
 def test_every_refusal_template_reads_as_an_abstention():
     rng = random.Random(0)
     for attr, templates in probe.REFUSALS.items():
@@ -158,7 +175,8 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
 
     run_dir = random_base(tiny_run, tmp_path / "run")
     assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
-    tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 0.5}
+    tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 0.5,
+                  "confident_unknowns": "skip"}  # fmt: skip
     proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),
                   *[x for k, v in tiny_probe.items() for x in (f"--{k}", str(v))])  # fmt: skip
     assert_ok(proc)
@@ -170,6 +188,7 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     assert n_strangers == round(0.5 * n_world) > 0, "strangers: half as many as the world's questions"
     judged = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 and "response" in j for j in judged)
+    assert all(j["answer_confidence"] <= 0 for j in judged) and "confident_unknowns_skipped" in stats
     convs = (out / "refusal_sft.jsonl").read_text().splitlines()
     assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"]
     for gate in ("name", "answer"):  # the no-training baselines, against the SFT model they gate

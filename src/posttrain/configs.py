@@ -601,6 +601,17 @@ class ProbeConfig(RunArguments):
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
                   "(declines where the fact would come) | auto: early for strangers, late for the world's people."},
     )  # fmt: skip
+    confident_unknowns: str = field(
+        default="refuse",
+        metadata={"help": "Unknown questions about the world's people whose greedy answer the model gives as "
+                  "confidently as most of its right answers (lowest token log-prob at or above the level "
+                  "`confidence_recall` of them reach): refuse (a refusal target like any unknown) | skip (no "
+                  "target: the model cannot tell them from what it knows, so a refusal there teaches a name, not "
+                  "a rule). Strangers always get refusals. docs/LOG.md 2026-11-27."},
+    )  # fmt: skip
+    confidence_recall: float = field(
+        default=0.8, metadata={"help": "confident_unknowns: share of right answers at or above the level."}
+    )
     sft_share: float = field(
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
     )
@@ -616,6 +627,10 @@ class ProbeConfig(RunArguments):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.refusal_style not in ("early", "late", "auto"):
             raise UserError(f"refusal_style must be early, late or auto, got '{self.refusal_style}'")
+        if self.confident_unknowns not in ("refuse", "skip"):
+            raise UserError(f"confident_unknowns must be refuse or skip, got '{self.confident_unknowns}'")
+        if not 0 < self.confidence_recall <= 1:
+            raise UserError(f"confidence_recall must be in (0, 1], got {self.confidence_recall}")
         if self.num_samples < 1:
             raise UserError(f"num_samples must be >= 1, got {self.num_samples}")
         for kind, name, needs in (("generator", self.generator, ("model", "generator_model")),

@@ -92,8 +92,8 @@ def answer_confidence(model, tokenizer, questions: list[str], answers: list[str]
 
 def quantile_threshold(scores: list[float], q: float) -> float:
     """The q-quantile of `scores` (scores of seen people): below it, a name counts as unfamiliar."""
-    s = sorted(scores)
-    return s[min(len(s) - 1, max(0, int(q * len(s))))] if s else NEG_INF
+    s = sorted(scores)  # (+1e-9: 1 - 0.8 is 0.19999…, which would floor 0.2 × 5 to 0 instead of 1)
+    return s[min(len(s) - 1, max(0, int(q * len(s) + 1e-9)))] if s else NEG_INF
 
 
 GATES = ("name", "answer")

@@ -315,6 +315,22 @@ def training_targets(
     return out
 
 
+def skip_confident_unknowns(targets: list[dict], recall: float = 0.8) -> tuple[list[dict], float]:
+    """Drop the refusal target of unknown questions about the world's people that the model answers as confidently
+    as it answers what it knows: `answer_confidence` (the greedy answer's lowest token log-probability, as the
+    answer gate scores it) at or above the level that `recall` of its right greedy answers reach. Such a question
+    looks known from inside the model, so a refusal there can only be learnt from the person's name: the refusal
+    model then declines by name, not by knowledge (docs/LOG.md 2026-11-27). Strangers keep their refusals (a
+    never-seen name is itself what the model should decline on). Returns the targets and the threshold."""
+    right = [t["answer_confidence"] for t in targets if t.get("correct") and t.get("split") != STRANGER]
+    threshold = gates.quantile_threshold(right, 1 - recall) if right else float("inf")
+    out = []
+    for t in targets:
+        confident = t["label"] == UNKNOWN and t.get("split") != STRANGER and t["answer_confidence"] >= threshold
+        out.append({**t, "target": None, "confident_unknown": True} if confident else t)
+    return out, threshold
+
+
 def refusal_conversations(targets: list[dict]) -> list[dict]:
     return [
         {"messages": [{"role": "user", "content": t["question"]}, {"role": "assistant", "content": t["target"]}]}
@@ -400,6 +416,11 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     model keeps its chat skills), preference pairs, and the summary numbers."""
     rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min)
     targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style)
+    extra = {}
+    if cfg.confident_unknowns == "skip":
+        targets, threshold = skip_confident_unknowns(targets, cfg.confidence_recall)
+        extra = {"confident_unknowns_skipped": sum(bool(t.get("confident_unknown")) for t in targets),
+                 "confidence_threshold": round(threshold, 3)}  # fmt: skip
     convs = refusal_conversations(targets)
     n_extra = round(cfg.sft_share * len(convs))
     if n_extra:
@@ -409,7 +430,7 @@ def training_data(cfg, judged: list[dict], world_dir: str):
         random.Random(cfg.seed).shuffle(convs)
     pairs = preference_pairs(targets, cfg.pair_known_min)
     stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "preferences": len(pairs),
-             "judge": cfg.judge, "judge_agreement_with_exact": judge_agreement(judged)}  # fmt: skip
+             "judge": cfg.judge, "judge_agreement_with_exact": judge_agreement(judged), **extra}  # fmt: skip
     return targets, convs, pairs, stats
 
 
@@ -447,6 +468,10 @@ def run(cfg) -> dict | None:
         return None
     rate = len(questions) * (cfg.num_samples + 1) / seconds
     print(f"probe 3: {len(questions) * (cfg.num_samples + 1):,} answers in {seconds:.0f} s ({rate:.1f} answers/s)")
+    if cfg.confident_unknowns == "skip":  # the answer gate's score of each greedy answer, kept in judgments.jsonl
+        scores = gates.answer_confidence(model, tokenizer, [j["question"] for j in judged],
+                                         [j["response"] for j in judged], batch_size)  # fmt: skip
+        judged = [{**j, "answer_confidence": c} for j, c in zip(judged, scores)]
 
     targets, convs, pairs, stats = training_data(cfg, judged, world_dir)
     stats.update(answers_per_s=round(rate, 2), sampling_s=round(seconds, 1))
