@@ -84,21 +84,26 @@ def fresh_start(ckpt_root: str | Path, resume: str | None, overwrite: bool, proc
     processes.wait_for_everyone()
 
 
+def named_by_latest(root: str | Path) -> Path | None:
+    """The checkpoint `<root>/latest` names (the pointer is written only once a save is complete), or None before
+    the first save. Shared by our own loops and the TRL stages (`stages.resolve_resume`)."""
+    pointer = Path(root) / LATEST
+    return Path(root) / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def require_complete(path: str | Path, marker: str = STATE_FILE) -> Path:
+    """`path` when its `marker` (the last file a save writes) is there; a one-line error otherwise."""
+    if not (Path(path) / marker).is_file():
+        raise UserError(f"{path}: not a complete checkpoint (no {marker}); pass --resume_from_checkpoint latest")
+    return Path(path)
+
+
 def resolve(resume: str | None, ckpt_root: str | Path) -> Path | None:
     """`latest` → the newest complete checkpoint (None when there is none yet); a path → that checkpoint."""
     if not resume:
         return None
-    root = Path(ckpt_root)
-    if resume == "latest":
-        pointer = root / LATEST
-        if not pointer.is_file():
-            return None
-        path = root / pointer.read_text().strip()
-    else:
-        path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise UserError(f"{path}: not a complete checkpoint (no {STATE_FILE}); pass --resume_from_checkpoint latest")
-    return path
+    path = named_by_latest(ckpt_root) if resume == "latest" else Path(resume)
+    return require_complete(path) if path is not None else None
 
 
 def load(accelerator, path: Path) -> dict:

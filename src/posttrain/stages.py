@@ -59,14 +59,9 @@ def resolve_resume(cfg) -> str | None:
         checkpoint.fresh_start(cfg.output_dir, None, cfg.overwrite_checkpoints, process_state())
         return None
     if resume != "latest":
-        if not (Path(resume) / TRAINER_STATE).is_file():
-            raise UserError(
-                f"{resume}: not a complete checkpoint (no {TRAINER_STATE}); try --resume_from_checkpoint latest"
-            )
-        return resume
+        return str(checkpoint.require_complete(resume, TRAINER_STATE))
     root = Path(cfg.output_dir)
-    pointer = root / checkpoint.LATEST
-    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    named = checkpoint.named_by_latest(root)
     if named is not None and (named / TRAINER_STATE).is_file():
         return str(named)
     done = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE).is_file()]
