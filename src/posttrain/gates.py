@@ -96,6 +96,12 @@ def quantile_threshold(scores: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(q * len(s) + 1e-9)))] if s else NEG_INF
 
 
+def recall_threshold(right_scores: list[float], recall: float) -> float:
+    """The answer-confidence level that `recall` of the right answers reach (the answer gate's rule; the probe's
+    `confident_unknowns` uses the same level)."""
+    return quantile_threshold(right_scores, 1 - recall)
+
+
 GATES = ("name", "answer")
 
 
@@ -114,7 +120,7 @@ def fit_thresholds(scores: dict[str, list[float]], correct: list[bool], quantile
     training questions instead would refuse nearly everything: most probed people have one biography, and the
     model knows few of their facts, unlike the well-known people it is evaluated on.)"""
     right = [s for s, ok in zip(scores["answer"], correct) if ok]
-    return {"name": quantile_threshold(scores["name"], quantile), "answer": quantile_threshold(right, 1 - recall)}
+    return {"name": quantile_threshold(scores["name"], quantile), "answer": recall_threshold(right, recall)}
 
 
 def apply_gate(records: list[dict], scores: list[float], threshold: float) -> list[dict]:

@@ -323,7 +323,7 @@ def skip_confident_unknowns(targets: list[dict], recall: float = 0.8) -> tuple[l
     model then declines by name, not by knowledge (docs/LOG.md 2026-11-27). Strangers keep their refusals (a
     never-seen name is itself what the model should decline on). Returns the targets and the threshold."""
     right = [t["answer_confidence"] for t in targets if t.get("correct") and t.get("split") != STRANGER]
-    threshold = gates.quantile_threshold(right, 1 - recall) if right else float("inf")
+    threshold = gates.recall_threshold(right, recall) if right else float("inf")
     out = []
     for t in targets:
         confident = t["label"] == UNKNOWN and t.get("split") != STRANGER and t["answer_confidence"] >= threshold
