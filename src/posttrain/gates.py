@@ -106,12 +106,16 @@ GATES = ("name", "answer")
 
 
 def gate_scores(model, tokenizer, rows: list[dict], batch_size: int = 64) -> dict[str, list[float]]:
-    """Both scores for rows holding `question`, `response` (the model's answer) and optionally `name`."""
+    """Both scores for rows holding `question`, `response` (the model's answer) and optionally `name`. Rows that
+    already carry this model's `answer_confidence` (the probe's judgments with `confident_unknowns: skip`) are
+    not scored again."""
     questions = [r["question"] for r in rows]
-    return {
-        "name": name_familiarity(model, tokenizer, questions, [r.get("name") for r in rows], batch_size),
-        "answer": answer_confidence(model, tokenizer, questions, [r["response"] for r in rows], batch_size),
-    }
+    if all("answer_confidence" in r for r in rows):
+        answer = [r["answer_confidence"] for r in rows]
+    else:
+        answer = answer_confidence(model, tokenizer, questions, [r["response"] for r in rows], batch_size)
+    return {"name": name_familiarity(model, tokenizer, questions, [r.get("name") for r in rows], batch_size),
+            "answer": answer}  # fmt: skip
 
 
 def fit_thresholds(scores: dict[str, list[float]], correct: list[bool], quantile: float = 0.05, recall: float = 0.8):
