@@ -24,7 +24,7 @@ def main():
     (cfg,) = parse_config(PPOStageConfig)
     threads = set_threads(cfg)
     set_seed(cfg.seed)
-    accelerator = ppo.make_accelerator()
+    accelerator = ppo.make_accelerator(cfg.mixed_precision)
     world_dir = cfg.world_dir or f"{cfg.run_dir}/world"
     dataset = rl.prompt_dataset(rl.question_rows(cfg.run_dir, world_dir, cfg.prompts, cfg.prompt_splits),
                                 cfg.max_prompts, cfg.seed, cfg.answerable_share)  # fmt: skip

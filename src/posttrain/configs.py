@@ -161,6 +161,22 @@ class RunArguments:
         return Path(self.run_dir) / name
 
 
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+def precision_field(what: str = "training"):
+    return field(
+        default="auto",
+        metadata={"help": f"Mixed precision of {what}: auto (bf16 where the GPU or CPU computes it natively, "
+                  "fp32 weights) | no | bf16 | fp16."},
+    )  # fmt: skip
+
+
+def check_precision(value: str) -> None:
+    if value not in PRECISIONS:
+        raise UserError(f"mixed_precision must be auto, no, bf16 or fp16, got '{value}'")
+
+
 @dataclass
 class HubPush:
     """Push the stage's exported folder to the Hub when it is done (posttrain.hub): a model card from the lineage
@@ -304,9 +320,7 @@ class PretrainConfig(HubPush, RunArguments):
     )
     report_to: list[str] = field(default_factory=list, metadata={"help": "Trackers: tensorboard, wandb, trackio."})
     # device
-    mixed_precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 on a GPU that has it) | no | bf16 | fp16."}
-    )
+    mixed_precision: str = precision_field()
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on CUDA) | true | false."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager."})
     num_threads: int | None = field(
@@ -317,8 +331,7 @@ class PretrainConfig(HubPush, RunArguments):
     def __post_init__(self):
         if self.lr_scheduler not in ("cosine", "wsd", "constant"):
             raise UserError(f"lr_scheduler must be cosine, wsd or constant, got '{self.lr_scheduler}'")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise UserError(f"mixed_precision must be auto, no, bf16 or fp16, got '{self.mixed_precision}'")
+        check_precision(self.mixed_precision)
         if self.compile not in ("auto", "true", "false"):
             raise UserError(f"compile must be auto, true or false, got '{self.compile}'")
         for name in ("depth", "seq_len", "global_batch_tokens", "per_device_batch_size", "log_every"):
@@ -353,6 +366,7 @@ class FactualityConfig:
         default=None, metadata={"help": "Prompts per batch (default: 64 on CPU, fill a GPU)."}
     )
     seed: int = 0
+    mixed_precision: str = precision_field("generation")
     split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
     judge: str | None = field(default=None, metadata={"help": "A local instruct model that grades (free-text QA)."})
     parent_eval: str | None = field(
@@ -373,6 +387,7 @@ class FactualityConfig:
                 raise UserError(f"--{name} is required")
         if self.prompt not in ("auto", "chat", "fewshot"):
             raise UserError(f"prompt must be auto, chat or fewshot, got '{self.prompt}'")
+        check_precision(self.mixed_precision)
 
 
 @dataclass
@@ -418,7 +433,11 @@ class TrainerStage(HubPush):
     output_dir: str | None = field(
         default=None, metadata={"help": "Trainer checkpoints; <run_dir>/checkpoints/<stage>."}
     )
-    bf16: bool | None = field(default=None, metadata={"help": "Default: True on a GPU with bf16, else False."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "Mixed precision (fp32 master weights). Default: True where the device computes bf16 "
+                  "natively (a GPU with bf16, a CPU with AVX512-BF16/AMX), else False."},
+    )  # fmt: skip
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Default: True on CUDA, False on CPU (alias of activation_checkpointing)."}
     )
@@ -446,9 +465,9 @@ class TrainerStage(HubPush):
             self.export_dir = str(Path(self.run_dir) / self.stage)
         cuda = torch.cuda.is_available()
         if self.bf16 is None:
-            self.bf16 = (not self.fp16) and cuda and torch.cuda.is_bf16_supported()
-        # several CPU processes: the Trainer must join them over gloo
-        self.use_cpu = self.use_cpu or runtime.use_cpu()
+            self.bf16 = (not self.fp16) and runtime.native_bf16()
+        # several CPU processes: the Trainer must join them over gloo; bf16 on a CPU: transformers asks for use_cpu
+        self.use_cpu = self.use_cpu or runtime.use_cpu() or (self.bf16 and not cuda)
         if self.ddp_backend is None:
             self.ddp_backend = runtime.process_group_kwargs().get("backend")
         if not cuda:
@@ -588,6 +607,7 @@ class ProbeConfig(RunArguments):
     temperature: float = 1.0
     max_new_tokens: int = 24
     batch_size: int | None = field(default=None, metadata={"help": "Prompts per batch (default: by device)."})
+    mixed_precision: str = precision_field("sampling and scoring")
     known_min: float = field(default=0.75, metadata={"help": "known: share of correct samples at least this."})
     unknown_max: float = field(default=0.0, metadata={"help": "unknown: share of correct samples at most this..."})
     wrong_min: float = field(default=0.5, metadata={"help": "... and share of wrong (informative) samples at least."})
@@ -623,6 +643,7 @@ class ProbeConfig(RunArguments):
     )  # fmt: skip
 
     def __post_init__(self):
+        check_precision(self.mixed_precision)
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.refusal_style not in ("early", "late", "auto"):
@@ -684,8 +705,10 @@ class PPOStageConfig(HubPush, RLPrompts, RunArguments):
     eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
     eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
+    mixed_precision: str = precision_field("rollouts and updates")
 
     def __post_init__(self):
+        check_precision(self.mixed_precision)
         if self.export_dir is None:
             self.export_dir = str(Path(self.run_dir) / self.stage)
         if self.checkpoint_dir is None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from posttrain.runtime import autocast, resolve_precision
+
 
 @dataclass
 class Generation:
@@ -53,12 +55,23 @@ def generate(
     stop_strings: list[str] | None = None,
     desc: str = "generating",
     greedy_pass: bool = True,
+    precision: str = "auto",
 ) -> tuple[list[Generation | None], list[list[str]]]:
     """Greedy answer (with its mean token probability; skipped when not `greedy_pass`) and `num_samples` sampled
     answers for every prompt.
 
-    Prompts are sorted by length so batches carry little padding; results come back in the input order.
+    Prompts are sorted by length so batches carry little padding; results come back in the input order. An fp32
+    model generates under bf16 autocast where the device computes bf16 natively (`precision` auto; `no` keeps fp32).
     """
+    if model.dtype != torch.float32:
+        precision = "no"  # a model loaded in bf16/fp16 already computes in it
+    with autocast(resolve_precision(precision, model.device), model.device):
+        return _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, batch_size,
+                         stop_strings, desc, greedy_pass)  # fmt: skip
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, batch_size, stop_strings, desc,
+              greedy_pass):  # fmt: skip
     texts = [render(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     greedy: list[Generation | None] = [None] * len(texts)
@@ -78,7 +91,8 @@ def generate(
         width = enc["input_ids"].shape[1]
         if greedy_pass:
             out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True, **common)
-            probs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).exp()
+            scores = [s.float() for s in out.scores]  # bf16 logits under autocast: normalise in fp32
+            probs = model.compute_transition_scores(out.sequences, scores, normalize_logits=True).exp()
             new = out.sequences[:, width:]
             for row, i in enumerate(idx):
                 live = ~torch.isin(new[row], torch.tensor(stops + [pad], device=new.device))

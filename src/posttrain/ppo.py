@@ -177,6 +177,10 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, rows: list[dict]) -> dict:
+        with self.accelerator.autocast():  # generation and the reference's scores outside the prepared forward
+            return self._rollout(rows)
+
+    def _rollout(self, rows: list[dict]) -> dict:
         tok = self.tokenizer
         texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
         side, tok.padding_side = tok.padding_side, "left"
@@ -303,12 +307,14 @@ def write_history(history: list[dict], path: Path) -> None:
 # What recipes/ppo.py puts together
 
 
-def make_accelerator():
+def make_accelerator(mixed_precision: str = "auto"):
+    """bf16 where the device computes it natively (`runtime.resolve_precision`): the policy/value forward passes
+    run under accelerate's autocast, rollouts under the same context; weights and optimizer state stay fp32."""
     from accelerate import Accelerator
 
-    from posttrain.runtime import accelerator_kwargs
+    from posttrain.runtime import accelerator_kwargs, resolve_precision
 
-    return Accelerator(**accelerator_kwargs())
+    return Accelerator(**accelerator_kwargs(), mixed_precision=resolve_precision(mixed_precision))
 
 
 def load_policy(path: str):

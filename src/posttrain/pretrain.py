@@ -29,15 +29,14 @@ from transformers import get_scheduler
 
 from posttrain import checkpoint
 from posttrain.errors import UserError
-from posttrain.runtime import accelerator_kwargs
+from posttrain.runtime import accelerator_kwargs, resolve_precision
 from posttrain.throughput import device_peak_flops, mfu
 
 
 def make_accelerator(cfg, grad_accum: int) -> Accelerator:
-    """The Accelerator for a config: CPU/gloo without CUDA, bf16 where the GPU has it, trackers if installed."""
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """The Accelerator for a config: CPU/gloo without CUDA, bf16 where the device computes it natively (a GPU
+    with bf16, a CPU with AVX512-BF16/AMX; fp32 master weights and optimizer state), trackers if installed."""
+    precision = resolve_precision(cfg.mixed_precision)
     trackers = [t for t in cfg.report_to if t not in ("none", "")]
     accelerator = Accelerator(
         **accelerator_kwargs(),

@@ -62,6 +62,46 @@ def _deepspeed_reduces_over_gloo() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str | None = None) -> bool:
+    """Does `device` (default: CUDA if present, else the CPU) compute bf16 natively? A GPU with bf16 support, or a
+    CPU with AVX512-BF16 or AMX-BF16 (where oneDNN's bf16 matmuls run ~2x fp32: LOG 2026-12-06). Elsewhere bf16
+    is emulated and slower than fp32."""
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return False
+
+
+def resolve_precision(setting: str | None, device: torch.device | str | None = None) -> str:
+    """`mixed_precision` as accelerate takes it: auto → bf16 where `device` computes it natively, else no."""
+    if setting in (None, "auto"):
+        return "bf16" if native_bf16(device) else "no"
+    return setting
+
+
+def autocast(precision: str, device: torch.device | str):
+    """Mixed-precision context for inference outside a Trainer (probe, evals, rollouts): weights stay fp32 (the
+    autocast cache casts each weight once per context, so wrap the whole generation), matmuls run in bf16/fp16."""
+    kind = torch.device(device).type
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(kind, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def process_state() -> PartialState:
     """The process group, set up once; `Accelerator()` later joins the same one."""
     return PartialState(cpu=use_cpu(), **process_group_kwargs())

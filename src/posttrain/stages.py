@@ -42,10 +42,9 @@ def base_model_path(cfg, model_args) -> str:
 
 
 def load_model(path: str, cfg, model_args):
-    """Model and tokenizer, dtype from the device (bf16 where the config trains in bf16), chat-ready."""
-    dtype = (
-        model_args.dtype if model_args.dtype not in (None, "auto") else (torch.bfloat16 if cfg.bf16 else torch.float32)
-    )
+    """Model and tokenizer, chat-ready. Weights load in fp32 (`--dtype` says otherwise): with `bf16` the Trainer
+    trains under autocast, so master weights and optimizer state stay fp32 and checkpoints load as before."""
+    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else torch.float32
     model, tokenizer = load_causal_lm(path, dtype, model_args.model_revision, model_args.attn_implementation)
     changes = prepare_chat(model, tokenizer, getattr(cfg, "assistant_only_loss", False))
     return model, tokenizer, changes
@@ -192,6 +191,13 @@ def train_summary(trainer) -> dict:
     }
 
 
+def _precision(cfg) -> str:
+    """The stage's training precision, for its end-of-training eval (TRL configs: bf16 / fp16 flags)."""
+    if hasattr(cfg, "mixed_precision"):
+        return cfg.mixed_precision
+    return "bf16" if getattr(cfg, "bf16", False) else "fp16" if getattr(cfg, "fp16", False) else "no"
+
+
 def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
     evals = Path(cfg.run_dir) / "eval"
@@ -200,6 +206,7 @@ def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     fcfg = FactualityConfig(
         model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
         prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
+        mixed_precision=_precision(cfg),
         parent_eval=str(parent_eval) if parent_eval.is_file() else None,
         base_eval=str(base_eval) if base_eval.is_file() and cfg.parent not in ("sft", "pretrain") else None,
     )  # fmt: skip
