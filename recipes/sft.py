@@ -12,7 +12,7 @@ python recipes/sft.py --config recipes/world/refusal.yaml --rounds 2   # refusal
 from accelerate.utils import set_seed
 from trl import ModelConfig
 
-from posttrain import hub, sft, stages
+from posttrain import decline, hub, sft, stages
 from posttrain.configs import SFTStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.pretrain import set_threads
@@ -30,6 +30,8 @@ def main():
             base, resume = sft.reprobe(cfg, round_), None
         mix, world_dir, data = sft.load_conversations(cfg)
         model, tokenizer, changes = stages.load_model(base, cfg, model_args)
+        if cfg.decline_token:
+            changes += [c for c in [decline.add_decline_token(model, tokenizer)] if c]
 
         trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
         trainer.accelerator.print(
@@ -40,7 +42,9 @@ def main():
         )
         trainer.train(resume_from_checkpoint=resume)
 
-        out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir))
+        fit = sft.operating_point(cfg, trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+        more = {"operating_point": fit} if fit else None
+        out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir), more)
         if cfg.eval_after:
             stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
         if trainer.accelerator.is_main_process:

@@ -491,6 +491,17 @@ class SFTStageConfig(TrainerStage, SFTConfig):
                   "it further on the new targets."},
     )  # fmt: skip
     probe_config: str = field(default="recipes/world/probe.yaml", metadata={"help": "The probe YAML for rounds > 1."})
+    decline_token: bool = field(
+        default=False,
+        metadata={"help": "Refusal stage: give the model the decline token <|idk|> its refusal targets start with "
+                  "(probe --decline_token); its probability is the eval's decline score."},
+    )  # fmt: skip
+    confidence_target: float | None = field(
+        default=None,
+        metadata={"help": "Refusal stage with decline_token: after training, bias the decline token (sequence_bias "
+                  "in generation_config.json) so the model declines where P(right) < t, fitted on the probe's "
+                  "questions only (posttrain.decline.fit_bias)."},
+    )  # fmt: skip
     assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
     trainable_last_layers: int | None = field(
         default=None,
@@ -608,6 +619,16 @@ class ProbeConfig(RunArguments):
     max_new_tokens: int = 24
     batch_size: int | None = field(default=None, metadata={"help": "Prompts per batch (default: by device)."})
     mixed_precision: str = precision_field("sampling and scoring")
+    label_rule: str = field(
+        default="threshold",
+        metadata={"help": "threshold: known_min / unknown_max / wrong_min / mixed decide each question's target | "
+                  "sampled: answer with probability p_correct, else decline (proper labels in expectation)."},
+    )  # fmt: skip
+    decline_token: bool = field(
+        default=False,
+        metadata={"help": "Start every refusal target with the decline token <|idk|> where it leaves the answer, "
+                  "so the refusal stage can read and bias the decision (posttrain.decline)."},
+    )  # fmt: skip
     known_min: float = field(default=0.75, metadata={"help": "known: share of correct samples at least this."})
     unknown_max: float = field(default=0.0, metadata={"help": "unknown: share of correct samples at most this..."})
     wrong_min: float = field(default=0.5, metadata={"help": "... and share of wrong (informative) samples at least."})
@@ -644,6 +665,8 @@ class ProbeConfig(RunArguments):
 
     def __post_init__(self):
         check_precision(self.mixed_precision)
+        if self.label_rule not in ("threshold", "sampled"):
+            raise UserError(f"label_rule must be threshold or sampled, got '{self.label_rule}'")
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.refusal_style not in ("early", "late", "auto"):

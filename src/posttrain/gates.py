@@ -135,11 +135,21 @@ def apply_gate(records: list[dict], scores: list[float], threshold: float) -> li
     ]
 
 
+def _spread(values: list[float]) -> float:
+    """Standard deviation of the finite scores (1 where there are too few)."""
+    finite = [v for v in values if v > NEG_INF / 2]
+    if len(finite) < 2:
+        return 1.0
+    mean = sum(finite) / len(finite)
+    return max(1e-6, (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5)
+
+
 def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path, names: dict[str, str],
                    quantile: float = 0.05, recall: float = 0.8, batch_size: int = 64) -> dict[str, dict]:  # fmt: skip
     """Fit both gates on `fit_rows` (training-split questions with the model's greedy `response`, its `correct`
     and the person's `name`), apply them to the model's own eval answers (`eval_json`'s records) and write
-    `<eval>_gate_<name>.json` (CONTRACTS §5, with `vs_parent` against the ungated model) beside it."""
+    `<eval>_gate_<name>.json` (CONTRACTS §5, with `vs_parent` against the ungated model and `decline`, the AUROCs
+    of the gate's score) beside it, for each gate and for both together (`_gate_both`)."""
     from posttrain.evals import compare
     from posttrain.evals.factuality import markdown_table, summarize
     from posttrain.lineage import atomic_write_text
@@ -150,14 +160,24 @@ def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path
     records = compare.read_records(eval_json)
     scores = gate_scores(model, tokenizer, [{**r, "name": names.get(r["question"])} for r in records], batch_size)
     parent = json.loads(eval_json.read_text())
+    # both gates together: decline where either declines; its threshold-free score is the larger of the two gates'
+    # margins below their thresholds, each in units of its spread on the fit questions (declines iff > 0)
+    margins = {g: [(thresholds[g] - x) / _spread(fit[g]) for x in scores[g]] for g in GATES}
+    scores["both"], thresholds["both"] = [-max(m) for m in zip(*margins.values())], 0.0
     results = {}
-    for gate in GATES:
+    for gate in (*GATES, "both"):
         gated = apply_gate(records, scores[gate], thresholds[gate])
+        rule = {
+            "name": f"{quantile:.0%} quantile of seen names",
+            "answer": f"keeps {recall:.0%} of right answers",
+            "both": "declines where either the name or the answer gate declines",
+        }[gate]
         extra = {"gate": gate, "threshold": thresholds[gate], "fitted_on": f"{len(fit_rows)} training questions",
-                 "rule": f"{quantile:.0%} quantile of seen names" if gate == "name"
-                 else f"keeps {recall:.0%} of right answers"}  # fmt: skip
+                 "rule": rule}  # fmt: skip
         result, _ = summarize(gated, f"{parent['model']} + {gate} gate", parent["eval_set"], extra)
         result["vs_parent"] = compare.versus_parent(parent, result, records, gated)
+        result["decline"] = compare.decline_block(gated, records, f"minus the {gate} gate's score",
+                                                  [-x for x in scores[gate]])  # fmt: skip
         out = eval_json.with_name(f"{eval_json.stem}_gate_{gate}.json")
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         atomic_write_text(compare.samples_path(out), "".join(json.dumps(r) + "\n" for r in gated))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from posttrain.decline import decline_id, step_scores
 from posttrain.runtime import autocast, resolve_precision
 
 
@@ -19,6 +20,8 @@ from posttrain.runtime import autocast, resolve_precision
 class Generation:
     text: str
     mean_token_prob: float | None = None  # greedy only: mean probability of the generated tokens
+    decline_prob: float | None = None  # models with a decline token: its largest probability along the answer
+    decline_margin: float | None = None  # ... and its largest logit margin over the best other token (raw logits)
 
 
 def render(tokenizer, prompt) -> str:
@@ -77,6 +80,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperatur
     greedy: list[Generation | None] = [None] * len(texts)
     samples: list[list[str]] = [[] for _ in texts]
     stops = eos_ids(model, tokenizer)
+    tid = decline_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     tokenizer.padding_side = "left"
     common = {"max_new_tokens": max_new_tokens, "eos_token_id": stops, "pad_token_id": pad}
@@ -90,15 +94,22 @@ def _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperatur
         enc = enc.to(model.device)
         width = enc["input_ids"].shape[1]
         if greedy_pass:
-            out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True, **common)
+            out = model.generate(**enc, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                 output_logits=tid is not None, **common)  # fmt: skip
             scores = [s.float() for s in out.scores]  # bf16 logits under autocast: normalise in fp32
             probs = model.compute_transition_scores(out.sequences, scores, normalize_logits=True).exp()
             new = out.sequences[:, width:]
+            is_stop = torch.isin(new, torch.tensor(stops, device=new.device)).long()
+            steps_live = (is_stop.cumsum(1) - is_stop) == 0  # every step up to and including the stop
+            dprob, dmargin = step_scores(out.logits, tid, steps_live) if tid is not None else ([None] * len(idx),) * 2
             for row, i in enumerate(idx):
                 live = ~torch.isin(new[row], torch.tensor(stops + [pad], device=new.device))
                 p = probs[row][live[: probs.shape[1]]]
                 greedy[i] = Generation(
-                    tokenizer.decode(new[row], skip_special_tokens=True), p.mean().item() if p.numel() else None
+                    tokenizer.decode(new[row], skip_special_tokens=True),
+                    p.mean().item() if p.numel() else None,
+                    dprob[row],
+                    dmargin[row],
                 )
         if num_samples:
             expanded, cache = shared_prefill(model, enc, num_samples)
@@ -132,9 +143,10 @@ def shared_prefill(model, enc, copies: int):
     return expanded, cache
 
 
-def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implementation: str | None = None):
-    """(model, tokenizer) from a directory or Hub id. What cannot load (truncated weights, no network for a Hub id,
-    a bad config) or does not fit together (a tokenizer from another model) is one UserError naming the path."""
+def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implementation: str | None = None, **kwargs):
+    """(model, tokenizer) from a directory or Hub id (`kwargs` to `from_pretrained`: a quantization config). What
+    cannot load (truncated weights, no network for a Hub id, a bad config) or does not fit together (a tokenizer
+    from another model) is one UserError naming the path."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -143,7 +155,7 @@ def load_causal_lm(path: str, dtype, revision: str | None = None, attn_implement
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+            path, revision=revision, dtype=dtype, attn_implementation=attn_implementation, **kwargs
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc

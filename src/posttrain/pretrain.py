@@ -233,7 +233,8 @@ def train(
     elif cfg.resume_from_checkpoint == "latest":
         accelerator.print(f"no checkpoint in {ckpt_root} yet: starting from scratch")
     log = MetricsLog(ckpt_root / "metrics.jsonl", accelerator, state["step"])
-    peak, peak_source = device_peak_flops(accelerator.device)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    peak, peak_source = device_peak_flops(accelerator.device, compute_dtype)
     stream = batches(train_set, cfg, accelerator, state["step"] * the_plan.grad_accum)
     model.train()
 
@@ -305,7 +306,7 @@ def train(
     steady = trained[1:] or trained  # the first window includes warm-up
     tok_s = sum(r["tokens_per_s"] for r in steady) / max(1, len(steady))
     # A CPU peak measured while another job held a core is too low (MFU > 100 %): measure again, keep the best.
-    peak = max(peak, device_peak_flops(accelerator.device, fresh=True)[0])
+    peak = max(peak, device_peak_flops(accelerator.device, compute_dtype, fresh=True)[0])
     return {
         "steps": step,
         "tokens": step * the_plan.tokens_per_step,

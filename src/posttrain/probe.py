@@ -315,6 +315,34 @@ def training_targets(
     return out
 
 
+def sampled_targets(targets: list[dict], seed: int = 0) -> list[dict]:
+    """Proper labels in expectation (Alignment for Honesty's MULTISAMPLE, one copy per question): each question
+    answers with probability p_correct (its share of right samples) and declines otherwise, so across a fact's
+    phrasings the model's decline probability is trained towards 1 − P(right) — no threshold, no skipped middle.
+    Strangers (p_correct 0) always decline."""
+    rng = random.Random(f"{seed}-sampled")
+    out = []
+    for t in targets:
+        answer = rng.random() < t["p_correct"]
+        out.append(
+            {**t, "label": KNOWN if answer else UNKNOWN, "target": t["correct_answer"] if answer else t["refusal"]}
+        )
+    return out
+
+
+def mark_decline(refusal: str, answer: str) -> str:
+    """The refusal with the decline token where it leaves the answer: after the words both share ("Ada was born
+    in" + `<|idk|>` + " a city I don't know."), at the start when they share none."""
+    from posttrain.decline import DECLINE_TOKEN
+
+    n = 0
+    while n < min(len(refusal), len(answer)) and refusal[n] == answer[n]:
+        n += 1
+    cut = refusal.rfind(" ", 0, n + 1) if n < len(refusal) and not refusal[n:].startswith(" ") else n
+    cut = max(0, cut)
+    return refusal[:cut] + DECLINE_TOKEN + refusal[cut:]
+
+
 def skip_confident_unknowns(targets: list[dict], recall: float = 0.8) -> tuple[list[dict], float]:
     """Drop the refusal target of unknown questions about the world's people that the model answers as confidently
     as it answers what it knows: `answer_confidence` (the greedy answer's lowest token log-probability, as the
@@ -421,6 +449,11 @@ def training_data(cfg, judged: list[dict], world_dir: str):
         targets, threshold = skip_confident_unknowns(targets, cfg.confidence_recall)
         extra = {"confident_unknowns_skipped": sum(bool(t.get("confident_unknown")) for t in targets),
                  "confidence_threshold": round(threshold, 3)}  # fmt: skip
+    if cfg.label_rule == "sampled":
+        targets = sampled_targets(targets, cfg.seed)
+    if cfg.decline_token:
+        targets = [{**t, "target": mark_decline(t["target"], t["correct_answer"])}
+                   if t["target"] is not None and t["target"] == t["refusal"] else t for t in targets]  # fmt: skip
     convs = refusal_conversations(targets)
     n_extra = round(cfg.sft_share * len(convs))
     if n_extra:

@@ -52,15 +52,29 @@ def stage_results(run_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()).get("buckets", {}) for p in paths}
 
 
-def factuality_table(results: dict[str, dict]) -> list[str]:
-    """One row per stage, side by side: what a reader compares first."""
+def stage_declines(run_dir: Path) -> dict[str, dict]:
+    """eval/<stage>.json's `decline` and SFT-relative numbers by stage (CONTRACTS §5), for the table's last columns."""
+    out = {}
+    for p in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []:
+        result = json.loads(p.read_text())
+        vs = result.get("vs_base") or result.get("vs_parent") or {}  # against SFT: vs_base for RL, else the parent
+        out[p.stem] = {**result.get("decline", {}), "kept": vs.get("known_correct", {}).get("kept"),
+                       "delta": vs.get("refusal_shift", {}).get("delta")}  # fmt: skip
+    return out
+
+
+def factuality_table(results: dict[str, dict], declines: dict[str, dict] | None = None) -> list[str]:
+    """One row per stage, side by side: what a reader compares first (with the decline ranking where known)."""
     lines = ["| stage | known correct | known not attempted | rare correct | never_seen hallucination | "
-             "penalty t=0.75 (overall) |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "penalty t=0.75 (overall) | kept | Δ wrong − right | decline AUROC vs SFT wrong | "
+             "decline AUROC never_seen |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for stage, b in results.items():
         known, rare, never = b.get("known", {}), b.get("rare", {}), b.get("never_seen", {})
         halluc = 1 - never["not_attempted"] if "not_attempted" in never else None
+        d = (declines or {}).get(stage, {})
         cells = [known.get("correct"), known.get("not_attempted"), rare.get("correct"), halluc,
-                 b.get("overall", {}).get("penalty_t0.75")]  # fmt: skip
+                 b.get("overall", {}).get("penalty_t0.75"), d.get("kept"), d.get("delta"),
+                 d.get("auroc_vs_sft_wrong"), d.get("auroc_never_seen")]  # fmt: skip
         lines.append(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     return lines
 
@@ -84,7 +98,7 @@ def build_report(run_dir: str | Path) -> Path:
         from posttrain.plots import factuality_bars
 
         factuality_bars(results, run_dir / "plots" / "factuality.png")
-        lines += ["## Factuality, stage by stage", "", *factuality_table(results), ""]
+        lines += ["## Factuality, stage by stage", "", *factuality_table(results, stage_declines(run_dir)), ""]
     for stage, record in records.items():
         lines.append(f"## {stage}")
         mix = record.get("data_mix")
@@ -122,7 +136,7 @@ def build_report(run_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     run_dir = Path((argv or sys.argv[1:] or ["runs/speedrun"])[0])
     path = build_report(run_dir)
-    print("\n".join(factuality_table(stage_results(run_dir))))
+    print("\n".join(factuality_table(stage_results(run_dir), stage_declines(run_dir))))
     print(f"report: {path}")
 
 

@@ -118,3 +118,33 @@ def reprobe(cfg, round_: int) -> str:
     probe.run(pcfg)
     state.wait_for_everyone()
     return str(cfg.export_dir)
+
+
+def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | None:
+    """Refusal stage with `confidence_target`: one greedy pass over the probe's questions (training-side people and
+    strangers only; never an eval person) gives each its decline margin; `decline.fit_bias` picks the bias on the
+    decline token that maximises the expected penalty at t there (p_correct from the probe's samples), and it is
+    stored in the model's generation config. Returns the fit's numbers (None when not asked for)."""
+    import json
+    import random
+
+    from posttrain import decline
+    from posttrain.generation import generate
+    from posttrain.stages import _precision
+
+    tid = decline.decline_id(tokenizer)
+    if cfg.confidence_target is None or tid is None:
+        return None
+    path = Path(cfg.run_dir) / "probe" / "judgments.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: confidence_target needs the probe's judgments (run recipes/probe.py first)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = random.Random(cfg.seed).sample(rows, min(max_questions, len(rows)))
+    model.generation_config.sequence_bias = None  # margins of the unbiased model
+    greedy, _ = generate(model, tokenizer, [[{"role": "user", "content": r["question"]}] for r in rows],
+                         max_new_tokens=24, desc="decline margins (probe questions)",
+                         precision=_precision(cfg))  # fmt: skip
+    margins = [g.decline_margin for g in greedy]
+    bias, fit = decline.fit_bias(margins, [r["p_correct"] for r in rows], cfg.confidence_target)
+    decline.set_bias(model.generation_config, tid, bias)
+    return fit

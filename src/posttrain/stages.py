@@ -45,9 +45,27 @@ def load_model(path: str, cfg, model_args):
     """Model and tokenizer, chat-ready. Weights load in fp32 (`--dtype` says otherwise): with `bf16` the Trainer
     trains under autocast, so master weights and optimizer state stay fp32 and checkpoints load as before."""
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else torch.float32
-    model, tokenizer = load_causal_lm(path, dtype, model_args.model_revision, model_args.attn_implementation)
+    model, tokenizer = load_causal_lm(path, dtype, model_args.model_revision, model_args.attn_implementation,
+                                      **quantization_kwargs(model_args))  # fmt: skip
     changes = prepare_chat(model, tokenizer, getattr(cfg, "assistant_only_loss", False))
     return model, tokenizer, changes
+
+
+def quantization_kwargs(model_args) -> dict:
+    """`--load_in_4bit` / `--load_in_8bit` (QLoRA): TRL's quantization config and k-bit device map, on a CUDA machine
+    with bitsandbytes; elsewhere one line saying why not (they were silently ignored before)."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return {}
+    import importlib.util
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("load_in_4bit / load_in_8bit need a CUDA GPU and bitsandbytes (pip install bitsandbytes); "
+                        "on this machine train in full precision or with LoRA (--use_peft)")  # fmt: skip
+    if not model_args.use_peft:
+        raise UserError("load_in_4bit / load_in_8bit train adapters on a frozen quantized model: add --use_peft")
+    from trl import get_kbit_device_map, get_quantization_config
+
+    return {"quantization_config": get_quantization_config(model_args), "device_map": get_kbit_device_map()}
 
 
 def resolve_resume(cfg) -> str | None:

@@ -1,8 +1,9 @@
-"""Throughput and MFU: peak FLOP/s from a table for known GPUs, measured for CPUs.
+"""Throughput and MFU: peak FLOP/s from TRL's datasheet table for GPUs (`trl.trainer.utils.get_peak_flops`), measured
+for CPUs.
 
 MFU = achieved model FLOP/s (FLOPs per token × tokens/s) / peak FLOP/s of all devices used. On a CPU there is
-no datasheet number worth trusting, so the peak is measured: the best of a few large fp32 matmuls with the
-threads this process uses (nanochat's CPU figures are read against the same kind of measurement).
+no datasheet number worth trusting, so the peak is measured: the best of a few large matmuls in the precision the
+run computes in (fp32, or bf16 where autocast runs it), with the threads this process uses (nanochat's CPU figures are read against the same kind of measurement).
 """
 
 from __future__ import annotations
@@ -11,25 +12,6 @@ import functools
 import time
 
 import torch
-
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' datasheets.
-GPU_PEAK_BF16 = {
-    "H200": 989e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "A10G": 125e12,
-    "A10": 125e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,  # fp16
-    "T4": 65e12,  # fp16
-}
 
 
 @functools.cache
@@ -51,15 +33,22 @@ def device_peak_flops(
     device: torch.device, dtype: torch.dtype = torch.bfloat16, fresh: bool = False
 ) -> tuple[float, str]:
     """(peak FLOP/s of one device, where the number comes from); `fresh` re-measures a CPU."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # TRL's datasheet table (word-boundary matches: an "L40" is not taken for an L4)
+        from trl.trainer.utils import get_peak_flops
+
         name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16.items():  # longest names first in the table where it matters
-            if key in name:
-                return (peak if dtype in (torch.bfloat16, torch.float16) else peak / 2), f"table: {key}"
-        return float("nan"), f"unknown GPU {name!r}"
+        key = "float32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+        peak = get_peak_flops(name, key if key != "float32" else "bfloat16")
+        if peak is None:
+            return float("nan"), f"unknown GPU {name!r} (not in TRL's peak-FLOPs table)"
+        return (peak / 2 if key == "float32" else peak), f"TRL's table: {name}" + (
+            " (fp32: half bf16)" if key == "float32" else ""
+        )
     if fresh:
         measured_cpu_peak.cache_clear()
-    return measured_cpu_peak(), f"measured fp32 matmul, {torch.get_num_threads()} threads"
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"  # a CPU's peak in the precision it trains in
+    dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    return measured_cpu_peak(dtype=dtype), f"measured {name} matmul, {torch.get_num_threads()} threads"
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak_flops: float, num_devices: int = 1) -> float:

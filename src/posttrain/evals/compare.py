@@ -63,3 +63,33 @@ def versus_parent(parent_result: dict, child_result: dict, parent: list[dict], c
     out["penalty_t0.75"] = {"parent": pb["overall"]["penalty_t0.75"], "child": cb["overall"]["penalty_t0.75"]}
     out["refusal_shift"] = refusal_shift(parent, child)
     return out
+
+
+def decline_scores(records: list[dict]) -> list[float]:
+    """Each record's decline score: the model's own (`decline_score`, from its decline token) where it has one,
+    else its greedy abstention as 0/1."""
+    return [r["decline_score"] if r.get("decline_score") is not None else float(r["grade"] == NOT_ATTEMPTED)
+            for r in records]  # fmt: skip
+
+
+def decline_block(records: list[dict], sft: list[dict] | None, score: str, scores: list[float] | None = None) -> dict:
+    """CONTRACTS §5 `decline`: the AUROC of the per-question decline score (`scores`, default `decline_scores`)
+    against the SFT model having been wrong (known + rare questions the SFT model attempted, matched by question)
+    and against never_seen vs known; threshold-free, so trained refusal and gates compare on one scale."""
+    from posttrain.evals.metrics import auroc
+
+    scores = decline_scores(records) if scores is None else scores
+    sft_grade = {r["question"]: r["grade"] for r in sft or [] if r["bucket"] in ("known", "rare")}
+    vs_wrong = [
+        (s, sft_grade[r["question"]] != CORRECT)
+        for r, s in zip(records, scores)
+        if r["bucket"] in ("known", "rare") and sft_grade.get(r["question"], NOT_ATTEMPTED) != NOT_ATTEMPTED
+    ]
+    unseen = [(s, r["bucket"] == "never_seen") for r, s in zip(records, scores)
+              if r["bucket"] in ("known", "never_seen")]  # fmt: skip
+    return {
+        "auroc_vs_sft_wrong": auroc(*zip(*vs_wrong)) if vs_wrong else None,
+        "auroc_never_seen": auroc(*zip(*unseen)) if unseen else None,
+        "n_vs_sft": len(vs_wrong),
+        "score": score,
+    }

@@ -18,6 +18,7 @@ from accelerate.utils import gather_object
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain import world as world_lib
+from posttrain.decline import ABSTAIN_LINE, SCORE_LINE
 from posttrain.errors import UserError
 from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
@@ -152,6 +153,8 @@ def score(rows: list[dict], greedy, samples) -> list[dict]:
                 "grade": grade(g.text, r["answers"], r["candidates"]),
                 "confidence": agree,
                 "token_prob": g.mean_token_prob,
+                "decline_score": g.decline_prob,
+                "decline_margin": g.decline_margin,
                 "samples": [extract_answer(x) for x in s],
             }
         )
@@ -275,6 +278,17 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
         base = json.loads(Path(cfg.base_eval).read_text())
         result["vs_base"] = compare.versus_parent(base, result, compare.read_records(cfg.base_eval), records)
     out = Path(cfg.output)
+    if style == "chat":  # the decline ranking against the SFT model's mistakes (itself, for the SFT eval)
+        sft_json = out.with_name("sft.json")
+        sft = (
+            records
+            if out.stem == "sft"
+            else compare.read_records(sft_json)
+            if compare.samples_path(sft_json).is_file()
+            else None
+        )
+        own = any(r.get("decline_score") is not None for r in records)
+        result["decline"] = compare.decline_block(records, sft, SCORE_LINE if own else ABSTAIN_LINE)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown_table(result) + "\n")
     atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(json.dumps(r) + "\n" for r in records))

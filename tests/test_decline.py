@@ -1,0 +1,92 @@
+"""The decline token (issue 21): where refusal targets mark the decision, the score read along a greedy answer, the
+operating point fitted on training-side questions, and the gates' decline AUROCs on the same scale."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from conftest import random_base
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from posttrain import decline
+from posttrain.evals import compare
+from posttrain.generation import generate
+from posttrain.probe import mark_decline, sampled_targets
+
+
+def test_mark_decline_puts_the_token_where_the_refusal_leaves_the_answer():
+    tok = decline.DECLINE_TOKEN
+    late = mark_decline("Ada Velmor was born in a city I don't know.", "Ada Velmor was born in Oslo.")
+    assert late == f"Ada Velmor was born in{tok} a city I don't know."
+    assert (
+        mark_decline("I don't know where Ada was born.", "Ada was born in Oslo.")
+        == f"{tok}I don't know where Ada was born."
+    )
+    # a shared word prefix that ends inside a word backs off to the word boundary
+    assert mark_decline("Ada works for a company I don't know.", "Ada works for Acme.").startswith(
+        f"Ada works for{tok} a"
+    )
+
+
+def test_sampled_targets_answer_in_proportion_to_p_correct():
+    rows = [{"p_correct": 0.25, "correct_answer": "A.", "refusal": "R.", "label": "mixed", "target": None}] * 4000
+    out = sampled_targets(rows, seed=0)
+    share = sum(t["target"] == "A." for t in out) / len(out)
+    assert abs(share - 0.25) < 0.03
+    assert all(t["target"] == "R." for t in sampled_targets([{**rows[0], "p_correct": 0.0}] * 50))
+
+
+def test_fit_bias_declines_exactly_where_answering_loses_at_t():
+    # margins rank the questions; p_right says which are worth answering at t = 0.75 (p > 0.75 pays)
+    margins = [3.0, 1.0, -1.0, -2.0, -4.0]
+    p_right = [0.0, 0.1, 0.5, 0.9, 1.0]
+    bias, fit = decline.fit_bias(margins, p_right, 0.75)
+    declined = [m + bias > 0 for m in margins]
+    assert declined == [True, True, True, False, False]
+    assert fit["declined"] == 0.6
+    assert math.isclose(fit["expected_penalty"], ((0.9 - 0.1 * 3) + 1.0) / 5)
+    # nothing worth declining: the bias sits below every margin
+    bias, _ = decline.fit_bias(margins, [1.0] * 5, 0.75)
+    assert all(m + bias < 0 for m in margins)
+
+
+def test_step_scores_take_the_largest_live_step():
+    tid = 2
+    logits = [torch.tensor([[0.0, 0.0, 1.0], [5.0, 0.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 9.0]])]
+    live = torch.tensor([[True, True], [True, False]])  # row 1 stopped after its first step
+    prob, margin = decline.step_scores(logits, tid, live)
+    assert math.isclose(margin[0], 1.0) and math.isclose(margin[1], -5.0)
+    assert prob[0] > 0.5 and prob[1] < 0.01
+
+
+def test_decline_block_ranks_against_the_sft_models_mistakes():
+    sft = [{"question": q, "bucket": "known", "grade": g} for q, g in
+           (("a", "correct"), ("b", "incorrect"), ("c", "correct"), ("d", "incorrect"))]  # fmt: skip
+    child = [{**r, "grade": "correct", "decline_score": s} for r, s in zip(sft, (0.1, 0.9, 0.2, 0.8))]
+    child += [{"question": "z", "bucket": "never_seen", "grade": "not_attempted", "decline_score": 0.95}]
+    block = compare.decline_block(child, sft, "test")
+    assert block["auroc_vs_sft_wrong"] == 1.0 and block["auroc_never_seen"] == 1.0
+    flipped = compare.decline_block(child, sft, "test", [1 - s for s in compare.decline_scores(child)])
+    assert flipped["auroc_vs_sft_wrong"] == 0.0
+
+
+def test_a_biased_decline_token_is_what_plain_generate_follows(tiny_run, tmp_path):
+    """The token is added as a special token (hidden when decoding), the model's greedy answer carries its score, and
+    a large sequence_bias saved in generation_config.json makes plain `generate` emit it first."""
+    base = random_base(tiny_run, tmp_path / "m") / "pretrain"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    assert decline.add_decline_token(model, tok)
+    tid = decline.decline_id(tok)
+    assert tid is not None and model.get_input_embeddings().weight.shape[0] >= len(tok)
+    (g,), _ = generate(model, tok, ["Ada was born in"], max_new_tokens=4, batch_size=1, precision="no")
+    assert 0 <= g.decline_prob <= 1 and g.decline_margin is not None
+    decline.set_bias(model.generation_config, tid, 50.0)
+    model.save_pretrained(tmp_path / "biased")
+    tok.save_pretrained(tmp_path / "biased")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "biased")
+    assert GenerationConfig.from_pretrained(tmp_path / "biased").sequence_bias == [[[tid], 50.0]]
+    ids = tok("Ada was born in", return_tensors="pt")
+    out = again.generate(**ids, max_new_tokens=1, do_sample=False)
+    assert out[0, -1].item() == tid
