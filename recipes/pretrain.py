@@ -19,7 +19,16 @@ from posttrain.lineage import write_lineage
 from posttrain.modeling import flops_per_token, init_model, param_counts, preset
 from posttrain.packing import blocks, heldout_stream, pack, token_bytes
 from posttrain.plots import loss_curves
-from posttrain.pretrain import make_accelerator, maybe_compile, optimizer_for, plan, scheduler_for, set_threads, train
+from posttrain.pretrain import (
+    fp32_output_layer,
+    make_accelerator,
+    maybe_compile,
+    optimizer_for,
+    plan,
+    scheduler_for,
+    set_threads,
+    train,
+)
 from posttrain.report import build_report
 from posttrain.runtime import process_state
 from posttrain.tokenizer import tokenizer_hash
@@ -65,6 +74,8 @@ def main():
     )
 
     model = init_model(config, cfg.seed, cfg.attn_implementation)
+    if cfg.fp32_lm_head:
+        fp32_output_layer(model)
     optimizer = optimizer_for(model, cfg, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     model = maybe_compile(model, cfg)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 from conftest import REPO, assert_ok, random_base, recipe, recipe_here
+from transformers import AutoTokenizer
 
 from posttrain import probe
 from posttrain.configs import ProbeConfig, parse_config
@@ -191,9 +192,10 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     assert all(j["answer_confidence"] <= 0 for j in judged) and "confident_unknowns_skipped" in stats
     convs = (out / "refusal_sft.jsonl").read_text().splitlines()
     assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"]
-    for gate in ("name", "answer"):  # the no-training baselines, against the SFT model they gate
+    for gate in ("name", "answer", "both"):  # the no-training baselines, against the SFT model they gate
         result = json.loads((run_dir / "eval" / f"sft_gate_{gate}.json").read_text())
         assert result["gate"] == gate and result["vs_parent"]["parent"] == str(run_dir / "sft")
+        assert set(result["decline"]) >= {"auroc_vs_sft_wrong", "auroc_never_seen", "score"}
         assert result["buckets"]["overall"]["n"] == json.loads((run_dir / "eval" / "sft.json").read_text())[
             "buckets"]["overall"]["n"]  # fmt: skip
 
@@ -248,3 +250,32 @@ def test_a_users_world_is_answered_and_refused_in_its_own_words():
     reading = world_lib.reading_view(world, n=5)  # strangers' sentences with a value stated and asked back
     assert len(reading) == 5 and all(c["messages"][1]["content"] in c["messages"][0]["content"] for c in reading)
     assert not {world_lib.subject_of(c["messages"][0]["content"]) for c in reading} & set(names.values())
+
+
+def test_refusal_with_the_decline_token_stores_its_operating_point(tiny_run, tmp_path):
+    """probe --decline_token marks every refusal target; the refusal stage adds the token, fits the bias at the
+    confidence target on probe questions, and saves it where plain transformers reads it; its eval ranks by the
+    token's probability (CONTRACTS §5 `decline`)."""
+    from test_sft import TINY_SFT
+
+    from posttrain.decline import DECLINE_TOKEN, SCORE_LINE
+
+    run_dir = random_base(tiny_run, tmp_path / "run")
+    assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
+    assert_ok(recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
+                     "--max_new_tokens", "6", "--strangers", "0.5", "--decline_token", "true",
+                     "--label_rule", "sampled", "--gate_baselines", "false"))  # fmt: skip
+    judged = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]
+    refusals = [j["target"] for j in judged if j["target"] and j["target"] != j["correct_answer"]]
+    assert refusals and all(DECLINE_TOKEN in t for t in refusals)
+    proc = recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT,
+                  "--decline_token", "true", "--confidence_target", "0.75")  # fmt: skip
+    assert_ok(proc)
+    gen = json.loads((run_dir / "refusal" / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(run_dir / "refusal")
+    (tid,), bias = gen["sequence_bias"][0]
+    assert tok.convert_ids_to_tokens(tid) == DECLINE_TOKEN and -30 <= bias <= 30
+    fit = json.loads((run_dir / "refusal" / "metrics.json").read_text())["operating_point"]
+    assert fit["confidence_target"] == 0.75 and fit["bias"] == bias and fit["questions"] == len(judged)
+    decline = json.loads((run_dir / "eval" / "refusal.json").read_text())["decline"]
+    assert decline["score"] == SCORE_LINE and decline["n_vs_sft"] > 0

@@ -321,6 +321,10 @@ class PretrainConfig(HubPush, RunArguments):
     report_to: list[str] = field(default_factory=list, metadata={"help": "Trackers: tensorboard, wandb, trackio."})
     # device
     mixed_precision: str = precision_field()
+    fp32_lm_head: bool = field(
+        default=False,
+        metadata={"help": "Under bf16/fp16 autocast, compute the output layer (logits) in fp32."},
+    )  # fmt: skip
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on CUDA) | true | false."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager."})
     num_threads: int | None = field(

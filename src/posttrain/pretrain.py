@@ -360,6 +360,18 @@ def replicas_in_sync(model, accelerator) -> bool | None:
     return True
 
 
+def fp32_output_layer(model) -> None:
+    """Keep the output layer out of autocast: logits (and their gradient into the last hidden state) in fp32."""
+    head = model.get_output_embeddings()
+    forward = head.forward
+
+    def fp32_forward(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+    head.forward = fp32_forward
+
+
 def maybe_compile(model, cfg):
     if cfg.compile == "true" or (cfg.compile == "auto" and torch.cuda.is_available()):
         return torch.compile(model)
