@@ -1,8 +1,8 @@
 """Pretraining throughput: recipes/pretrain.py's loop against a minimal hand-written PyTorch loop.
 
 Same model (the nanochat peer's shape by default: 4 layers × 256 wide, seq 512, batch 8), same packed world
-data, same threads, in fp32 and in bf16 (autocast, fp32 master weights: what `--mixed_precision auto` picks on a
-device with native bf16); rounds alternate (raw fp32, ours fp32, raw bf16, ours bf16, ...) because this machine is
+data, same threads, in fp32 and in bf16 (autocast with the output layer in fp32, fp32 master weights: what `--mixed_precision auto`
+picks on a device with native bf16); rounds alternate (raw fp32, ours fp32, raw bf16, ours bf16, ...) because this machine is
 noisy, and each side's best round counts. Steady state only: the first `--warmup` steps of each run are not timed.
 MFU is against the measured fp32 matmul peak (bf16's `mfu_bf16` against the measured bf16 peak). On a device
 without native bf16 only fp32 is timed and `bf16_over_fp32` is 1.0. Last line: one JSON object (CONTRACTS §6).
@@ -42,6 +42,10 @@ def raw_loop(args) -> None:
     docs = load_from_disk(str(Path(args.run_dir) / "world"))["documents"]
     blocks = pack(docs, tok, args.seq_len).with_format("torch")["input_ids"]
     model = init_model(preset(args.depth, len(tok), args.seq_len), seed=0)
+    if args.precision == "bf16":  # as our loop does by default (fp32_lm_head)
+        from posttrain.pretrain import fp32_output_layer
+
+        fp32_output_layer(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     model.train()
     times = []

@@ -185,3 +185,22 @@ def test_streaming_mix_pretrains(tiny_run, tmp_path):
     assert "streamed train / streamed val blocks" in proc.stdout
     metrics = json.loads((run_dir / "pretrain" / "metrics.json").read_text())
     assert metrics["val_loss"] < 8 and metrics["steps"] == 4
+
+
+def test_bf16_autocast_keeps_the_output_layer_in_fp32():
+    """Under bf16 autocast the decoder's matmuls run in bf16 but `fp32_output_layer` computes the logits in fp32
+    (bf16 logits cost the default world a third of its extractable facts; docs/LOG.md 2026-12-06)."""
+    import torch
+
+    from posttrain.modeling import init_model, preset
+    from posttrain.pretrain import fp32_output_layer
+
+    model = init_model(preset(1, 300, 32), seed=0)
+    x = torch.randint(0, 300, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(input_ids=x).logits.dtype == torch.bfloat16
+        fp32_output_layer(model)
+        out = model(input_ids=x, labels=x)
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.get_output_embeddings().weight.grad is not None
