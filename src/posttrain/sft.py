@@ -123,7 +123,7 @@ def reprobe(cfg, round_: int) -> str:
 def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | None:
     """Refusal stage with `confidence_target`: one greedy pass over the probe's questions (training-side people and
     strangers only; never an eval person) gives each its decline margin; `decline.fit_bias` picks the bias on the
-    decline token that maximises the expected penalty at t there (p_correct from the probe's samples), and it is
+    decline token that maximises the expected penalty at t there (P(right) from the SFT model's greedy grades), and it is
     stored in the model's generation config. Returns the fit's numbers (None when not asked for)."""
     import json
     import random
@@ -145,6 +145,9 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
                          max_new_tokens=24, desc="decline margins (probe questions)",
                          precision=_precision(cfg))  # fmt: skip
     margins = [g.decline_margin for g in greedy]
-    bias, fit = decline.fit_bias(margins, [r["p_correct"] for r in rows], cfg.confidence_target)
+    # P(right) of the answer the model gives: its greedy answer's grade where the probe kept it (samples at the
+    # probe's temperature are right far less often than greedy answers: fitted on them, every question was declined)
+    right = [float(r["correct"]) if "correct" in r else r["p_correct"] for r in rows]
+    bias, fit = decline.fit_bias(margins, right, cfg.confidence_target)
     decline.set_bias(model.generation_config, tid, bias)
     return fit
