@@ -17,6 +17,7 @@ knows and what it says. Written here because no library scores spans of chat pro
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import torch
@@ -138,10 +139,7 @@ def apply_gate(records: list[dict], scores: list[float], threshold: float) -> li
 def _spread(values: list[float]) -> float:
     """Standard deviation of the finite scores (1 where there are too few)."""
     finite = [v for v in values if v > NEG_INF / 2]
-    if len(finite) < 2:
-        return 1.0
-    mean = sum(finite) / len(finite)
-    return max(1e-6, (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5)
+    return max(1e-6, statistics.stdev(finite)) if len(finite) >= 2 else 1.0
 
 
 def evaluate_gates(model, tokenizer, fit_rows: list[dict], eval_json: str | Path, names: dict[str, str],

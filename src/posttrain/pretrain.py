@@ -29,7 +29,7 @@ from transformers import get_scheduler
 
 from posttrain import checkpoint
 from posttrain.errors import UserError
-from posttrain.runtime import accelerator_kwargs, resolve_precision
+from posttrain.runtime import accelerator_kwargs, amp_dtype, resolve_precision
 from posttrain.throughput import device_peak_flops, mfu
 
 
@@ -233,7 +233,7 @@ def train(
     elif cfg.resume_from_checkpoint == "latest":
         accelerator.print(f"no checkpoint in {ckpt_root} yet: starting from scratch")
     log = MetricsLog(ckpt_root / "metrics.jsonl", accelerator, state["step"])
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    compute_dtype = amp_dtype(accelerator.mixed_precision) or torch.float32
     peak, peak_source = device_peak_flops(accelerator.device, compute_dtype)
     stream = batches(train_set, cfg, accelerator, state["step"] * the_plan.grad_accum)
     model.train()

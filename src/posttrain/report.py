@@ -44,37 +44,29 @@ def environment() -> list[str]:
     return [f"- python {sys.version.split()[0]}, " + ", ".join(versions), f"- device: {device}"]
 
 
-def stage_results(run_dir: Path) -> dict[str, dict]:
-    """eval/<stage>.json buckets by stage, in pipeline order (gates and other evals after the stages)."""
+def eval_results(run_dir: Path) -> dict[str, dict]:
+    """eval/<stage>.json by stage, in pipeline order (gates and other evals after the stages)."""
     paths = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []
     order = {s: i for i, s in enumerate(STAGES)}
     paths.sort(key=lambda p: (order.get(p.stem, len(STAGES)), p.stem))
-    return {p.stem: json.loads(p.read_text()).get("buckets", {}) for p in paths}
+    return {p.stem: json.loads(p.read_text()) for p in paths}
 
 
-def stage_declines(run_dir: Path) -> dict[str, dict]:
-    """eval/<stage>.json's `decline` and SFT-relative numbers by stage (CONTRACTS §5), for the table's last columns."""
-    out = {}
-    for p in sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").is_dir() else []:
-        result = json.loads(p.read_text())
-        vs = result.get("vs_base") or result.get("vs_parent") or {}  # against SFT: vs_base for RL, else the parent
-        out[p.stem] = {**result.get("decline", {}), "kept": vs.get("known_correct", {}).get("kept"),
-                       "delta": vs.get("refusal_shift", {}).get("delta")}  # fmt: skip
-    return out
-
-
-def factuality_table(results: dict[str, dict], declines: dict[str, dict] | None = None) -> list[str]:
-    """One row per stage, side by side: what a reader compares first (with the decline ranking where known)."""
+def factuality_table(results: dict[str, dict]) -> list[str]:
+    """One row per stage, side by side: what a reader compares first, with the SFT-relative numbers (vs_base for RL
+    stages, else vs_parent) and the decline ranking (CONTRACTS §5) where the eval has them."""
     lines = ["| stage | known correct | known not attempted | rare correct | never_seen hallucination | "
              "penalty t=0.75 (overall) | kept | Δ wrong − right | decline AUROC vs SFT wrong | "
              "decline AUROC never_seen |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for stage, b in results.items():
+    for stage, result in results.items():
+        b = result.get("buckets", {})
         known, rare, never = b.get("known", {}), b.get("rare", {}), b.get("never_seen", {})
         halluc = 1 - never["not_attempted"] if "not_attempted" in never else None
-        d = (declines or {}).get(stage, {})
+        vs, d = result.get("vs_base") or result.get("vs_parent") or {}, result.get("decline", {})
         cells = [known.get("correct"), known.get("not_attempted"), rare.get("correct"), halluc,
-                 b.get("overall", {}).get("penalty_t0.75"), d.get("kept"), d.get("delta"),
-                 d.get("auroc_vs_sft_wrong"), d.get("auroc_never_seen")]  # fmt: skip
+                 b.get("overall", {}).get("penalty_t0.75"), vs.get("known_correct", {}).get("kept"),
+                 vs.get("refusal_shift", {}).get("delta"), d.get("auroc_vs_sft_wrong"),
+                 d.get("auroc_never_seen")]  # fmt: skip
         lines.append(f"| {stage} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     return lines
 
@@ -93,12 +85,13 @@ def build_report(run_dir: str | Path) -> Path:
         toks = next((summary[k] for k in _TOKEN_KEYS if isinstance(summary.get(k), (int, float))), None)
         lines.append(f"| {stage} | {'-' if secs is None else f'{secs:.0f}'} | {'-' if toks is None else f'{toks:,}'} |")
     lines.append("")
-    results = stage_results(run_dir)
+    full = eval_results(run_dir)
+    results = {stage: r.get("buckets", {}) for stage, r in full.items()}
     if results:
         from posttrain.plots import factuality_bars
 
         factuality_bars(results, run_dir / "plots" / "factuality.png")
-        lines += ["## Factuality, stage by stage", "", *factuality_table(results, stage_declines(run_dir)), ""]
+        lines += ["## Factuality, stage by stage", "", *factuality_table(full), ""]
     for stage, record in records.items():
         lines.append(f"## {stage}")
         mix = record.get("data_mix")
@@ -136,7 +129,7 @@ def build_report(run_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     run_dir = Path((argv or sys.argv[1:] or ["runs/speedrun"])[0])
     path = build_report(run_dir)
-    print("\n".join(factuality_table(stage_results(run_dir), stage_declines(run_dir))))
+    print("\n".join(factuality_table(eval_results(run_dir))))
     print(f"report: {path}")
 
 

@@ -94,12 +94,16 @@ def resolve_precision(setting: str | None, device: torch.device | str | None = N
     return setting
 
 
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast computes in for a resolved `mixed_precision` (bf16 / fp16); None for no."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def autocast(precision: str, device: torch.device | str):
     """Mixed-precision context for inference outside a Trainer (probe, evals, rollouts): weights stay fp32 (the
     autocast cache casts each weight once per context, so wrap the whole generation), matmuls run in bf16/fp16."""
-    kind = torch.device(device).type
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(kind, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    dtype = amp_dtype(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def process_state() -> PartialState:

@@ -130,7 +130,7 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
 
     from posttrain import decline
     from posttrain.generation import generate
-    from posttrain.stages import _precision
+    from posttrain.stages import precision_of
 
     tid = decline.decline_id(tokenizer)
     if cfg.confidence_target is None or tid is None:
@@ -143,7 +143,7 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
     model.generation_config.sequence_bias = None  # margins of the unbiased model
     greedy, _ = generate(model, tokenizer, [[{"role": "user", "content": r["question"]}] for r in rows],
                          max_new_tokens=24, desc="decline margins (probe questions)",
-                         precision=_precision(cfg))  # fmt: skip
+                         precision=precision_of(cfg))  # fmt: skip
     margins = [g.decline_margin for g in greedy]
     # P(right) of the answer the model gives: its greedy answer's grade where the probe kept it (samples at the
     # probe's temperature are right far less often than greedy answers: fitted on them, every question was declined)

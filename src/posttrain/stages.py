@@ -209,7 +209,7 @@ def train_summary(trainer) -> dict:
     }
 
 
-def _precision(cfg) -> str:
+def precision_of(cfg) -> str:
     """The stage's training precision, for its end-of-training eval (TRL configs: bf16 / fp16 flags)."""
     if hasattr(cfg, "mixed_precision"):
         return cfg.mixed_precision
@@ -224,7 +224,7 @@ def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     fcfg = FactualityConfig(
         model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
         prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
-        mixed_precision=_precision(cfg),
+        mixed_precision=precision_of(cfg),
         parent_eval=str(parent_eval) if parent_eval.is_file() else None,
         base_eval=str(base_eval) if base_eval.is_file() and cfg.parent not in ("sft", "pretrain") else None,
     )  # fmt: skip

@@ -37,13 +37,11 @@ def device_peak_flops(
         from trl.trainer.utils import get_peak_flops
 
         name = torch.cuda.get_device_name(device)
-        key = "float32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
-        peak = get_peak_flops(name, key if key != "float32" else "bfloat16")
+        fp32 = dtype == torch.float32  # the table lists tensor-core bf16/fp16 peaks: fp32 (TF32) counts half bf16
+        peak = get_peak_flops(name, "bfloat16" if fp32 else str(dtype).removeprefix("torch."))
         if peak is None:
             return float("nan"), f"unknown GPU {name!r} (not in TRL's peak-FLOPs table)"
-        return (peak / 2 if key == "float32" else peak), f"TRL's table: {name}" + (
-            " (fp32: half bf16)" if key == "float32" else ""
-        )
+        return (peak / 2 if fp32 else peak), f"TRL's table: {name}" + (" (fp32: half bf16)" if fp32 else "")
     if fresh:
         measured_cpu_peak.cache_clear()
     name = "bf16" if dtype == torch.bfloat16 else "fp32"  # a CPU's peak in the precision it trains in

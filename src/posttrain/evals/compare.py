@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED
+from posttrain.evals.metrics import auroc
 
 
 def samples_path(result_json: str | Path) -> Path:
@@ -76,8 +77,6 @@ def decline_block(records: list[dict], sft: list[dict] | None, score: str, score
     """CONTRACTS §5 `decline`: the AUROC of the per-question decline score (`scores`, default `decline_scores`)
     against the SFT model having been wrong (known + rare questions the SFT model attempted, matched by question)
     and against never_seen vs known; threshold-free, so trained refusal and gates compare on one scale."""
-    from posttrain.evals.metrics import auroc
-
     scores = decline_scores(records) if scores is None else scores
     sft_grade = {r["question"]: r["grade"] for r in sft or [] if r["bucket"] in ("known", "rare")}
     vs_wrong = [

@@ -271,22 +271,16 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     if cfg.judge:
         extra.update(apply_judge(records, cfg.judge, state.device, batch_size))
     result, bins = summarize(records, cfg.model, cfg.eval_set, extra)
-    if cfg.parent_eval and compare.samples_path(cfg.parent_eval).is_file():
-        parent = json.loads(Path(cfg.parent_eval).read_text())
-        result["vs_parent"] = compare.versus_parent(parent, result, compare.read_records(cfg.parent_eval), records)
-    if cfg.base_eval and compare.samples_path(cfg.base_eval).is_file():
-        base = json.loads(Path(cfg.base_eval).read_text())
-        result["vs_base"] = compare.versus_parent(base, result, compare.read_records(cfg.base_eval), records)
     out = Path(cfg.output)
+    # reference evaluations' records, each read once (the SFT eval is often the parent or the base too)
+    paths = {str(Path(p).resolve()) for p in (cfg.parent_eval, cfg.base_eval, out.with_name("sft.json")) if p}
+    refs = {p: compare.read_records(p) for p in paths if compare.samples_path(p).is_file()}
+    for key, path in (("vs_parent", cfg.parent_eval), ("vs_base", cfg.base_eval)):
+        if path and str(Path(path).resolve()) in refs:
+            ref = json.loads(Path(path).read_text())
+            result[key] = compare.versus_parent(ref, result, refs[str(Path(path).resolve())], records)
     if style == "chat":  # the decline ranking against the SFT model's mistakes (itself, for the SFT eval)
-        sft_json = out.with_name("sft.json")
-        sft = (
-            records
-            if out.stem == "sft"
-            else compare.read_records(sft_json)
-            if compare.samples_path(sft_json).is_file()
-            else None
-        )
+        sft = records if out.stem == "sft" else refs.get(str(out.with_name("sft.json").resolve()))
         own = any(r.get("decline_score") is not None for r in records)
         result["decline"] = compare.decline_block(records, sft, SCORE_LINE if own else ABSTAIN_LINE)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
