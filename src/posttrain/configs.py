@@ -323,8 +323,8 @@ class PretrainConfig(HubPush, RunArguments):
     mixed_precision: str = precision_field()
     fp32_lm_head: bool = field(
         default=True,
-        metadata={"help": "Under bf16/fp16 autocast, compute the output layer (logits) in fp32 (base few-shot known "
-                  "0.454 -> 0.628 on the default world in bf16; docs/LOG.md 2026-12-06)."},
+        metadata={"help": "Under bf16/fp16 autocast, compute the output layer (logits) in fp32 (bf16 base few-shot "
+                  "known 0.454 -> 0.628 on the default world, fp32 0.640; docs/LOG.md 2026-12-06)."},
     )  # fmt: skip
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on CUDA) | true | false."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager."})
