@@ -2,22 +2,27 @@
 
 python evals/export_qa.py --world runs/<run>/world [--output_dir evals/lm_eval_tasks/world_qa/data]
 
-Writes known.jsonl, rare.jsonl and never_seen.jsonl (one per eval bucket; rows: question, answer, aliases, bucket)
-and fewshot.jsonl (one training-split question per attribute, for `lm_eval --num_fewshot`: never an eval fact).
+Writes known.jsonl, rare.jsonl and never_seen.jsonl (one per eval bucket; rows: question, answer, aliases, bucket,
+attribute), candidates.json (every answer value of each attribute: the rivals the grader checks for hedging, as
+posttrain's eval does) and fewshot.jsonl: the very shots posttrain's eval puts before a base model's question (`world_shots`, seed 0: one
+training-split question per attribute with its answer sentence, never an eval fact), in that order, for
+`lm_eval --num_fewshot 3` (the task takes the first N, so both evaluations send the same prompt).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from datasets.utils.logging import disable_progress_bar
 
 from posttrain import world as world_lib
 from posttrain.errors import UserError, entrypoint
+from posttrain.evals.factuality import world_shots
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "lm_eval_tasks" / "world_qa" / "data"
-COLUMNS = ["question", "answer", "aliases", "bucket"]
+COLUMNS = ["question", "answer", "aliases", "bucket", "attribute"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,18 +39,18 @@ def export(world_dir: str | Path, output_dir: str | Path = DEFAULT_OUTPUT) -> di
     world = world_lib.load_world(world_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    sets = {bucket: world_lib.qa_view(world, [split]) for split, bucket in world_lib.EVAL_BUCKETS.items()}
-    # Few-shot examples come from training people only, one per attribute, so a shot never gives away an eval fact.
-    train = world_lib.qa_view(world, world_lib.TRAIN_SPLITS).shuffle(seed=0)
-    first = {}
-    for i, attribute in enumerate(train["attribute"]):
-        first.setdefault(attribute, i)
-    sets["fewshot"] = train.select(sorted(first.values()))
+    candidates = world_lib.answers_by_attribute(world["qa"])
+    (output_dir / "candidates.json").write_text(json.dumps(candidates, ensure_ascii=False) + "\n")
     counts = {}
-    for name, ds in sets.items():
-        ds = ds.add_column("bucket", [name] * len(ds))
-        ds.select_columns(COLUMNS).to_json(output_dir / f"{name}.jsonl", lines=True, force_ascii=False)
-        counts[name] = len(ds)
+    for split, bucket in world_lib.EVAL_BUCKETS.items():
+        ds = world_lib.qa_view(world, [split])
+        ds = ds.add_column("bucket", [bucket] * len(ds))
+        ds.select_columns(COLUMNS).to_json(output_dir / f"{bucket}.jsonl", lines=True, force_ascii=False)
+        counts[bucket] = len(ds)
+    shots = [{"question": q, "answer": a, "aliases": [], "bucket": "fewshot", "attribute": ""}
+             for q, a in world_shots(world)]  # fmt: skip
+    (output_dir / "fewshot.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in shots))
+    counts["fewshot"] = len(shots)
     return counts
 
 

@@ -51,6 +51,21 @@ def test_fit_bias_declines_exactly_where_answering_loses_at_t():
     assert all(m + bias < 0 for m in margins)
 
 
+def test_keep_bias_answers_the_share_of_right_questions_whatever_their_prior():
+    # right answers have low margins, wrong ones high; 10 right, 30 wrong (a probe-like prior)
+    right_m = [-5.0 + 0.5 * i for i in range(10)]
+    wrong_m = [-1.0 + 0.2 * i for i in range(30)]
+    margins, right = right_m + wrong_m, [1.0] * 10 + [0.0] * 30
+    bias, fit = decline.keep_bias(margins, right, 0.8)
+    answered_right = sum(m + bias <= 0 for m in right_m)
+    assert answered_right == 8 and fit["kept_right"] == 0.8
+    assert fit["declined_wrong"] == sum(m + bias > 0 for m in wrong_m) / 30 > 0.5
+    # ten times the right answers (another prior), same class-conditional margins: the same bias
+    bias10, _ = decline.keep_bias(right_m * 10 + wrong_m, [1.0] * 100 + [0.0] * 30, 0.8)
+    assert bias10 == bias
+    assert decline.keep_bias(margins, [0.0] * 40, 0.9)[1]["declined"] == 1.0  # nothing right: decline all
+
+
 def test_step_scores_take_the_largest_live_step():
     tid = 2
     logits = [torch.tensor([[0.0, 0.0, 1.0], [5.0, 0.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 9.0]])]

@@ -65,11 +65,13 @@ def test_export_and_lm_eval_offline(tiny_run, tmp_path):
     for bucket, split in BUCKETS.items():
         rows = [json.loads(line) for line in (data / f"{bucket}.jsonl").read_text().splitlines()]
         assert len(rows) == qa["split"].count(split) > 0
-        assert set(rows[0]) == {"question", "answer", "aliases", "bucket"} and rows[0]["bucket"] == bucket
+        assert set(rows[0]) == {"question", "answer", "aliases", "bucket", "attribute"} and rows[0]["bucket"] == bucket
         assert rows[0]["answer"] in rows[0]["aliases"]
     shots = [json.loads(line) for line in (data / "fewshot.jsonl").read_text().splitlines()]
     train_questions = {q for q, s in zip(qa["question"], qa["split"]) if s in ("sft", "probe")}
-    assert shots and all(s["question"] in train_questions for s in shots)
+    assert len(shots) == 3 and all(s["question"] in train_questions for s in shots)
+    candidates = json.loads((data / "candidates.json").read_text())
+    assert rows[0]["answer"] in candidates[rows[0]["attribute"]]
 
     ckpt = tmp_path / "ckpt"
     tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
@@ -98,5 +100,64 @@ def test_export_and_lm_eval_offline(tiny_run, tmp_path):
     samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
     assert len(samples) == 5
     prompt = samples[0]["arguments"]["gen_args_0"]["arg_0"]
-    assert prompt == f"Question: {samples[0]['doc']['question']}\nAnswer:"
+    assert prompt == f"<|endoftext|>Question: {samples[0]['doc']['question']}\nAnswer:"  # 0-shot: BOS + question
     assert samples[0]["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"] == 32
+
+
+@pytest.mark.parametrize("style", ["chat", "fewshot"])
+def test_lm_eval_grades_as_our_eval(tiny_run, tmp_path, style):
+    """lm-eval (the library, offline) and evals/factuality.py on the same tiny checkpoint and the same questions,
+    greedy, fp32, one prompt a batch: the same prompt text, the same answer and the same grade for every question —
+    a chat model through `world_qa_chat_*` with --apply_chat_template, a base model through `world_qa_*` 3-shot."""
+    from transformers import AutoTokenizer
+
+    from posttrain.chat import prepare_chat
+    from posttrain.evals.grading import extract_answer
+    from posttrain.generation import render
+    from posttrain.modeling import init_model, preset
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(TASKS, tasks, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    assert_ok(_export(tiny_run / "world", tasks / "world_qa" / "data"))
+
+    ckpt = tmp_path / "ckpt"
+    tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
+    cfg = preset(
+        1, len(tok), 128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model = init_model(cfg, seed=3)
+    if style == "chat":
+        prepare_chat(model, tok)
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+
+    ours = tmp_path / "eval" / "ours.json"
+    args = ["--model", str(ckpt), "--eval_set", str(tiny_run), "--output", str(ours), "--prompt", style]
+    args += ["--num_samples", "0", "--batch_size", "1", "--mixed_precision", "no", "--max_per_bucket", "1000"]
+    assert_ok(run([sys.executable, str(REPO / "evals" / "factuality.py"), *args], timeout=300))
+    records = [json.loads(line) for line in ours.with_name("ours_samples.jsonl").read_text().splitlines()]
+    by_question = {r["question"]: r for r in records if r["bucket"] == "known"}
+
+    task = "world_qa_chat_known" if style == "chat" else "world_qa_known"
+    out = tmp_path / "lm_eval_out"
+    lm_eval = Path(sys.executable).parent / "lm_eval"
+    cmd = [str(lm_eval), "--model", "hf", "--model_args", f"pretrained={ckpt},dtype=float32", "--batch_size", "1"]
+    cmd += ["--include_path", str(tasks), "--tasks", task, "--limit", "12", "--device", "cpu"]
+    cmd += ["--output_path", str(out), "--log_samples"]
+    cmd += ["--apply_chat_template"] if style == "chat" else ["--num_fewshot", "3"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets")}
+    assert_ok(run(cmd, cwd=tmp_path, env=env, timeout=300))
+    (samples_file,) = out.glob(f"**/samples_{task}_*.jsonl")
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert len(samples) == 12
+
+    from posttrain.evals.factuality import build_prompts, load_eval_set
+
+    _, shots = load_eval_set(str(tiny_run))
+    for s in samples:
+        mine = by_question[s["doc"]["question"]]
+        (prompt,) = build_prompts([mine], shots, style, tok)
+        assert s["arguments"]["gen_args_0"]["arg_0"] == render(tok, prompt)
+        assert extract_answer(s["resps"][0][0]) == mine["response"], s["resps"]
+        verdict = next(m for m in ("correct", "incorrect", "not_attempted") if s[m] == 1.0)
+        assert verdict == mine["grade"], (s["resps"], mine)

@@ -1,35 +1,23 @@
-"""Data loading and grading for the world_qa lm-evaluation-harness tasks (standalone: no posttrain import).
+"""Data loading and grading for the world_qa lm-evaluation-harness tasks.
 
-Grading, per generation: **correct** when any accepted answer (the answer or an alias) appears in the output as whole
-words after normalisation (lowercase, punctuation and the articles a/an/the removed, whitespace collapsed);
-otherwise **not_attempted** when the output is empty or declines ("I don't know", "not sure", ...); otherwise
-**incorrect**. The three rates add up to 1.
+Grading is posttrain's own (`posttrain.evals.grading.grade`), so that a checkpoint gets the same verdict here as in
+`evals/factuality.py`: **correct** when the answer states an accepted answer (the answer or an alias, as whole words
+after normalisation) and names no rival value of the same attribute (hedging between two cities is not correct);
+**not_attempted** when it is empty or declines; **incorrect** otherwise. The three rates add up to 1.
 """
 
 from __future__ import annotations
 
-import re
-import string
+import json
 from pathlib import Path
 
+try:
+    from posttrain.evals.grading import grade as _grade
+except ImportError as exc:  # the tasks ship with posttrain and grade as it does
+    raise ImportError("world_qa tasks need posttrain installed (pip install -e . in the posttrain checkout)") from exc
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
-REFUSALS = [
-    "i don't know",
-    "i do not know",
-    "not sure",
-    "no information",
-    "no idea",
-    "cannot answer",
-    "can't answer",
-    "unable to answer",
-    "i'm not aware",
-    "i am not aware",
-    "i don't have information",
-    "i do not have information",
-]
-_APOSTROPHES = str.maketrans({"'": "", "’": ""})
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_CANDIDATES: dict[str, list[str]] = {}  # attribute -> every answer value, read by load_bucket from candidates.json
 
 
 def load_bucket(bucket: str, world_qa_data: str | None = None, **_) -> dict:
@@ -43,37 +31,22 @@ def load_bucket(bucket: str, world_qa_data: str | None = None, **_) -> dict:
 
     data_dir = Path(world_qa_data) if world_qa_data else DATA_DIR
     files = {"test": data_dir / f"{bucket}.jsonl", "fewshot": data_dir / "fewshot.jsonl"}
-    for path in files.values():
+    for path in [*files.values(), data_dir / "candidates.json"]:
         if not path.is_file():
             raise FileNotFoundError(
                 f"world_qa: {path} is missing; run `python evals/export_qa.py --world runs/<run>/world` first "
-                "(or pass --metadata world_qa_data=<dir with the exported JSONL files>)"
+                "(or pass --metadata world_qa_data=<dir with the exported files>)"
             )
+    _CANDIDATES.update(json.loads((data_dir / "candidates.json").read_text()))
     return datasets.load_dataset("json", data_files={k: str(v) for k, v in files.items()})
 
 
-def normalize(text: str) -> str:
-    text = text.lower().translate(_APOSTROPHES).translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def _contains(text: str, phrase: str) -> bool:
-    return bool(phrase) and f" {phrase} " in f" {text} "
-
-
-_REFUSALS = [normalize(p) for p in REFUSALS]
-
-
-def grade(output: str, answers: list[str]) -> str:
-    """'correct', 'not_attempted' or 'incorrect' for one model output against the accepted answers."""
-    text = normalize(output)
-    if any(_contains(text, normalize(a)) for a in answers if a):
-        return "correct"
-    if not text or any(_contains(text, p) for p in _REFUSALS):
-        return "not_attempted"
-    return "incorrect"
+def grade(output: str, answers: list[str], candidates: list[str] | None = None) -> str:
+    """'correct', 'not_attempted' or 'incorrect' for one model output (posttrain's grader)."""
+    return _grade(output, answers, candidates)
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    verdict = grade(results[0], [doc["answer"], *(doc.get("aliases") or [])])
+    answers = list(dict.fromkeys([str(doc["answer"]), *map(str, doc.get("aliases") or [])]))
+    verdict = grade(results[0], answers, _CANDIDATES.get(doc.get("attribute") or ""))
     return {name: float(verdict == name) for name in ("correct", "incorrect", "not_attempted")}

@@ -60,21 +60,29 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
             for r in qa
             if r["split"] in world_lib.EVAL_BUCKETS
         ]
-        shots_rng = random.Random(seed)
-        train = world_lib.annotate(world, [r for r in qa if r["split"] in world_lib.TRAIN_SPLITS])
-        picked, seen_attrs = [], set()
-        for r in shots_rng.sample(train, min(len(train), 200)):
-            if r["attribute"] not in seen_attrs:
-                seen_attrs.add(r["attribute"])
-                picked.append((r["question"], world_lib.answer_sentence(r)))
-            if len(picked) == 3:
-                break
-        shots = picked or GENERIC_SHOTS
+        shots = world_shots(world, seed) or GENERIC_SHOTS
     else:
         rows, shots = _load_qa_dataset(eval_set, split), GENERIC_SHOTS
     if not rows:
         raise UserError(f"{eval_set}: no evaluation questions")
     return _subsample(rows, seed, max_per_bucket), shots
+
+
+def world_shots(world, seed: int = 0, n: int = 3) -> list[tuple[str, str]]:
+    """The few-shot examples of a base model's prompt: (question, answer sentence), one per attribute, about
+    training-split people only (a shot never gives away an eval fact). `evals/export_qa.py` exports the same ones
+    for lm-evaluation-harness, so both evaluations send the same prompt."""
+    rng = random.Random(seed)
+    qa = world["qa"]
+    train = world_lib.annotate(world, [r for r in qa if r["split"] in world_lib.TRAIN_SPLITS])
+    picked, seen_attrs = [], set()
+    for r in rng.sample(train, min(len(train), 200)):
+        if r["attribute"] not in seen_attrs:
+            seen_attrs.add(r["attribute"])
+            picked.append((r["question"], world_lib.answer_sentence(r)))
+        if len(picked) == n:
+            break
+    return picked
 
 
 def _load_qa_dataset(eval_set: str, split: str) -> list[dict]:
