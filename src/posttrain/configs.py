@@ -507,12 +507,25 @@ class SFTStageConfig(TrainerStage, SFTConfig):
                   "in generation_config.json) so the model declines where P(right) < t, fitted on the probe's "
                   "questions only (posttrain.decline.fit_bias)."},
     )  # fmt: skip
+    keep_right: float | None = field(
+        default=None,
+        metadata={"help": "Refusal stage with decline_token: bias the decline token so the model still answers this "
+                  "share of the probe questions its SFT parent got right (posttrain.decline.keep_bias); with "
+                  "confidence_target too, the bias that declines less of the two."},
+    )  # fmt: skip
     assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
     trainable_last_layers: int | None = field(
         default=None,
         metadata={"help": "Train only the last N decoder layers, the final norm and the LM head; freeze the "
                   "embeddings and the layers below (as LLaMA-Factory's freeze tuning). Default: train everything."},
     )  # fmt: skip
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.confidence_target is not None and not 0 < self.confidence_target < 1:
+            raise UserError(f"confidence_target must be in (0, 1), got {self.confidence_target}")
+        if self.keep_right is not None and not 0 < self.keep_right <= 1:
+            raise UserError(f"keep_right must be in (0, 1], got {self.keep_right}")
 
 
 @dataclass

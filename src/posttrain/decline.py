@@ -10,7 +10,15 @@ retraining: `sequence_bias` in `generation_config.json`, so plain `AutoModelForC
 chosen refusal rate. Along the unbiased greedy path, a bias b makes the model decline exactly where the path's
 largest margin `logit(decline) − max logit(other)` exceeds −b, so one greedy pass over training-side questions gives
 every operating point at once; `fit_bias` picks the one that maximises the expected penalty score at the confidence
-target t (answer only where P(right) > t: Kalai et al. 2025), with P(right) from the probe's samples.
+target t (answer only where P(right) > t: Kalai et al. 2025), with P(right) from the probe's samples, and
+`keep_bias` the one that still answers a share of the questions the model gets right.
+
+Why two rules: the probe's people are mostly one-biography people, so its questions have a far lower share of right
+answers than the eval's `known` bucket (14 % against 65 % on the default world). A threshold on P(right | score) is
+fitted under the probe's prior and does not carry over to another mix (prior shift: on the default world it declined
+everything). A quantile of the score *among right answers* is a class-conditional quantity, which a change in the
+share of right answers leaves unchanged, so `keep_bias` transfers from probe questions to any mix (Saerens et al.
+2002, on adjusting classifiers to new priors).
 
 Written here because neither transformers nor TRL has a decision token with a fitted bias.
 """
@@ -85,6 +93,29 @@ def fit_bias(margins: list[float], p_right: list[float], t: float) -> tuple[floa
         "questions": len(margins),
         "declined": declined / max(1, len(margins)),
         "expected_penalty": best_total / max(1, len(margins)),
+    }
+
+
+def keep_bias(margins: list[float], right: list[float], keep: float) -> tuple[float, dict]:
+    """The bias b under which the model still answers (margin + b <= 0) a share `keep` of the questions it got right
+    (`right` 1/0), and declines whatever is more decline-prone. Returns b and what it gives on these questions."""
+    pos = sorted(m for m, r in zip(margins, right) if r >= 0.5)
+    if not pos:
+        bias = -(min(margins) - 1.0) if margins else 0.0  # nothing right: decline everything
+    else:
+        k = min(len(pos) - 1, max(0, math.ceil(keep * len(pos)) - 1))  # the k-th smallest right margin is answered
+        above = [m for m in pos if m > pos[k]]
+        bias = -(pos[k] + above[0]) / 2 if above else -(pos[k] + 1.0)
+    bias = max(-30.0, min(30.0, bias))
+    declined = [m + bias > 0 for m in margins]
+    wrong = [r < 0.5 for r in right]
+    return bias, {
+        "keep_right": keep,
+        "bias": bias,
+        "questions": len(margins),
+        "declined": sum(declined) / max(1, len(margins)),
+        "kept_right": sum(not d for d, w in zip(declined, wrong) if not w) / max(1, len(pos)),
+        "declined_wrong": sum(d for d, w in zip(declined, wrong) if w) / max(1, sum(wrong)),
     }
 
 

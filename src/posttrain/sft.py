@@ -121,10 +121,12 @@ def reprobe(cfg, round_: int) -> str:
 
 
 def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | None:
-    """Refusal stage with `confidence_target`: one greedy pass over the probe's questions (training-side people and
-    strangers only; never an eval person) gives each its decline margin; `decline.fit_bias` picks the bias on the
-    decline token that maximises the expected penalty at t there (P(right) from the SFT model's greedy grades), and it is
-    stored in the model's generation config. Returns the fit's numbers (None when not asked for)."""
+    """Refusal stage with `confidence_target` and/or `keep_right`: one greedy pass over the probe's questions
+    (training-side people and strangers only; never an eval person) gives each its decline margin; `decline.fit_bias`
+    picks the bias on the decline token that maximises the expected penalty at t there (P(right) from the SFT model's
+    greedy grades), `decline.keep_bias` the one that still answers a share of the questions the SFT model got right;
+    with both, the lower bias (fewer declines). It is stored in the model's generation config. Returns the fit's
+    numbers (None when not asked for)."""
     import json
     import random
 
@@ -133,11 +135,11 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
     from posttrain.stages import precision_of
 
     tid = decline.decline_id(tokenizer)
-    if cfg.confidence_target is None or tid is None:
+    if (cfg.confidence_target is None and cfg.keep_right is None) or tid is None:
         return None
     path = Path(cfg.run_dir) / "probe" / "judgments.jsonl"
     if not path.is_file():
-        raise UserError(f"{path}: confidence_target needs the probe's judgments (run recipes/probe.py first)")
+        raise UserError(f"{path}: the operating point needs the probe's judgments (run recipes/probe.py first)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = random.Random(cfg.seed).sample(rows, min(max_questions, len(rows)))
     model.generation_config.sequence_bias = None  # margins of the unbiased model
@@ -148,6 +150,11 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
     # P(right) of the answer the model gives: its greedy answer's grade where the probe kept it (samples at the
     # probe's temperature are right far less often than greedy answers: fitted on them, every question was declined)
     right = [float(r["correct"]) if "correct" in r else r["p_correct"] for r in rows]
-    bias, fit = decline.fit_bias(margins, right, cfg.confidence_target)
+    fits = []
+    if cfg.confidence_target is not None:
+        fits.append(decline.fit_bias(margins, right, cfg.confidence_target))
+    if cfg.keep_right is not None:
+        fits.append(decline.keep_bias(margins, right, cfg.keep_right))
+    bias, fit = min(fits, key=lambda f: f[0])
     decline.set_bias(model.generation_config, tid, bias)
-    return fit
+    return {**fit, "rules": [f for _, f in fits]} if len(fits) > 1 else fit
