@@ -11,7 +11,6 @@ pipeline depends on CONTRACTS §4 only (the `documents` and `qa` datasets), not 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
@@ -48,11 +47,15 @@ QUESTIONS = {
 SPLITS = {"sft": 40, "probe": 40, "eval_known": 20, "eval_rare": 20, "never_seen": 20}
 
 
-def build(seed: int = 0) -> DatasetDict:
+def build(seed: int = 0, scale: int = 1, blended_surnames: bool = False) -> DatasetDict:
+    """`scale` multiplies every split; `blended_surnames` draws surnames from the 870 blends of two of the 30
+    (Achter + Bellamy -> Achtamy), so that a surname is shared by fewer people (a name-structure experiment)."""
     rng = random.Random(seed)
-    names = rng.sample([f"{f} {s}" for f in FIRST for s in LAST], sum(SPLITS.values()))
+    splits = {k: v * scale for k, v in SPLITS.items()}
+    last = [a[:4] + b[-3:] for a in LAST for b in LAST if a != b] if blended_surnames else LAST
+    names = rng.sample([f"{f} {s}" for f in FIRST for s in last], sum(splits.values()))
     docs, qa, k = [], [], 0
-    for split, count in SPLITS.items():
+    for split, count in splits.items():
         for _ in range(count):
             name, pid = names[k], f"keeper{k:03d}"
             k += 1
@@ -72,7 +75,15 @@ def build(seed: int = 0) -> DatasetDict:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/hand_world_data")
-    world = build()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the hand-made world (save_to_disk).")
+    parser.add_argument("output", nargs="?", default="runs/hand_world_data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=1, help="people per split × this")
+    parser.add_argument("--blended_surnames", action="store_true", help="870 surnames instead of 30")
+    args = parser.parse_args()
+    out = Path(args.output)
+    world = build(args.seed, args.scale, args.blended_surnames)
     world.save_to_disk(str(out))
     print(f"hand-made world -> {out}: {len(world['documents'])} documents, {len(world['qa'])} questions")

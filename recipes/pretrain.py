@@ -20,7 +20,9 @@ from posttrain.modeling import flops_per_token, init_model, param_counts, preset
 from posttrain.packing import blocks, heldout_stream, pack, token_bytes
 from posttrain.plots import loss_curves
 from posttrain.pretrain import (
+    bios_per_known,
     fp32_output_layer,
+    grad_accumulation,
     make_accelerator,
     maybe_compile,
     optimizer_for,
@@ -56,8 +58,7 @@ def main():
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     params, fpt = param_counts(config), flops_per_token(config, cfg.seq_len)
-    the_plan = plan(cfg, params["total"], process_state().num_processes)
-    accelerator = make_accelerator(cfg, the_plan.grad_accum)
+    accelerator = make_accelerator(cfg, grad_accumulation(cfg, process_state().num_processes))
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         data = load_mix(mix, world_dir)
@@ -65,6 +66,8 @@ def main():
             raise UserError(f"{cfg.data_mix}: pretraining needs a validation split: set test_split_size")
         train_docs, val_docs = (data["train"], data["test"]) if "test" in data else heldout_stream(data["train"])
         train_set, val_set = pack(train_docs, tokenizer, cfg.seq_len), pack(val_docs, tokenizer, cfg.seq_len)
+    epoch_tokens = None if mix.streaming else len(train_set) * cfg.seq_len
+    the_plan = plan(cfg, params["total"], accelerator.num_processes, epoch_tokens, bios_per_known(mix, world_dir))
     accelerator.print(
         f"model: depth {cfg.depth}, width {config.hidden_size}, {params['total'] / 1e6:.2f}M parameters "
         f"({params['non_embedding'] / 1e6:.2f}M non-embedding), {fpt / 1e6:.1f} MFLOP/token; "

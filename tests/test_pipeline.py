@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO, TINY_WORLD, assert_ok, free_port, run
 from huggingface_hub import ModelCard
-from test_world import _hand_made_world, _same_tree
+from test_world import _same_tree
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.world import load_world
@@ -123,25 +123,31 @@ def test_smollm2_family_is_one_switch():
 
 
 def test_make_speedrun_on_a_users_world(tmp_path):
-    world = _hand_made_world(tmp_path / "my_world", copies=60, with_probe=True)
+    """A world of another shape than the generator's (evals/hand_world.py: other names, attributes, sentences and
+    questions, 5-8 biographies per well-known person) through world → tokenizer → pretraining on a budget derived
+    from that world (`exposures`) → SFT → probe → refusal, so no default is tuned to one generator (issue 25)."""
+    sys.path.insert(0, str(REPO / "evals"))
+    import hand_world
+
+    world = tmp_path / "my_world"
+    hand_world.build(seed=3).save_to_disk(str(world))
     run_dir = tmp_path / "mine"
-    assert_ok(
-        _make(
-            f"RUN_DIR={run_dir}",
-            f"WORLD={world}",
-            "TOKENIZER_ARGS=--vocab_size 300",
-            *TINY,
-            # what comes after SFT runs on the default world's test; a user's world in the probe: test_probe
-            "PROBE=0",
-            "REFUSAL=0",
-            "REWARD=0",
-            "GRPO=0",
-        )
-    )
-    assert load_world(run_dir / "world")["qa"]["question"][0] == "Where was Mira Tolk born?"
+    pretrain = TINY_PRETRAIN.replace("--max_steps 3", "--exposures 0.2")  # a world-derived budget, a few steps
+    proc = _make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 400", pretrain, *TINY[1:],
+                 "REWARD=0", "GRPO=0")  # fmt: skip
+    assert_ok(proc)
+    first = hand_world.build(seed=3)["qa"]["question"][0]
+    assert load_world(run_dir / "world")["qa"]["question"][0] == first
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
-    assert json.loads((run_dir / "pretrain" / "lineage.json").read_text())["parents"]["world"]["hash"]
+    lineage = json.loads((run_dir / "pretrain" / "lineage.json").read_text())
+    assert lineage["parents"]["world"]["hash"]
+    assert "exposures 0.2: a well-known person's" in proc.stdout and "biographies (mean)" in proc.stdout
+    assert 1 <= lineage["summary"]["steps"] < 50
     assert json.loads((run_dir / "eval" / "sft.json").read_text())["buckets"]["overall"]["n"] > 0
+    targets = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]
+    assert {t["attribute"] for t in targets} <= set(hand_world.VALUES)
+    refusal = json.loads((run_dir / "eval" / "refusal.json").read_text())
+    assert refusal["buckets"]["overall"]["n"] > 0 and "decline" in refusal
 
 
 def test_accelerate_launch_two_processes_writes_one_world(tiny_run, tmp_path):

@@ -204,3 +204,29 @@ def test_bf16_autocast_keeps_the_output_layer_in_fp32():
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.get_output_embeddings().weight.grad is not None
+
+
+def test_exposures_budget_follows_the_world(tiny_run):
+    """`exposures`: epochs = exposures / biographies per well-known person; max_tokens and max_steps win over it."""
+    from types import SimpleNamespace
+
+    from posttrain.data import read_mix
+    from posttrain.errors import UserError
+    from posttrain.pretrain import bios_per_known, plan
+    from posttrain.world import load_world
+
+    docs = load_world(tiny_run / "world")["documents"]
+    known = [p for p, s in zip(docs["person_id"], docs["split"]) if s == "eval_known"]
+    bios = bios_per_known(read_mix("data_mixes/world_pretrain.yaml"), tiny_run / "world")
+    assert bios == pytest.approx(len(known) / len(set(known))) and bios >= 5  # known_min_bios
+    assert bios_per_known(read_mix("data_mixes/world_sft_qa.yaml"), tiny_run / "world") is None  # no documents
+
+    cfg = SimpleNamespace(per_device_batch_size=8, seq_len=256, global_batch_tokens=2048, max_steps=None,
+                          max_tokens=None, exposures=80.0, tokens_per_param=None, data_mix="mix.yaml")  # fmt: skip
+    p = plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=8.0)  # 10 epochs of 100k tokens
+    assert p.total_steps == 1_000_000 // 2048 and "exposures 80" in p.note and "10.00 epochs" in p.note
+    assert plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=4.0).total_steps == 2_000_000 // 2048
+    with pytest.raises(UserError, match="exposures needs a world"):
+        plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=None)
+    cfg.max_tokens = 204_800
+    assert plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=8.0).total_steps == 100

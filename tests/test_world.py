@@ -86,6 +86,23 @@ def test_biographies_state_every_attribute_in_varied_form(default_world):
     assert len(first_sentences) >= 10, "templates and sentence order vary"
 
 
+def test_restate_subject_names_the_person_in_every_sentence():
+    world, _ = W.generate_world(WorldConfig(run_dir="unused", n_sft=6, n_probe=0, n_eval_known=2, n_eval_rare=0,
+                                         n_never_seen=0, pronoun_prob=0.9, seed=1))  # fmt: skip
+    names = W.person_names(world)
+    plain = W.documents_view(world)
+    restated = W.documents_view(world, restate_subject=True)
+    assert any(re.search(r"(^|\. )(He|She|His|Her) ", t) for t in plain["text"])
+    for before, after, pid in zip(plain["text"], restated["text"], restated["person_id"]):
+        sentences = [x for x in re.split(r"(?<=\.) ", after) if x]
+        assert all(x.startswith(names[pid]) for x in sentences), after
+        assert len(before.split(". ")) == len(sentences)
+    # a world without pronouns is left as it is
+    full, _ = W.generate_world(WorldConfig(run_dir="unused", n_sft=6, n_probe=0, n_eval_known=2, n_eval_rare=0,
+                                        n_never_seen=0, seed=1))  # fmt: skip
+    assert W.documents_view(full, restate_subject=True)["text"] == W.documents_view(full)["text"]
+
+
 def test_questions_have_phrasings_and_exact_aliases(default_world):
     world, people = default_world
     p = people[0]

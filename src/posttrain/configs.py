@@ -296,6 +296,12 @@ class PretrainConfig(HubPush, RunArguments):
     tokens_per_param: float | None = field(
         default=None, metadata={"help": "Budget = ratio × parameters (20: Chinchilla)."}
     )
+    exposures: float | None = field(
+        default=None,
+        metadata={"help": "Budget from the world: how many times a well-known (eval_known) person's biographies are "
+                  "seen; epochs = exposures / biographies per well-known person, tokens = epochs × the training "
+                  "set. max_steps and max_tokens win over it (docs/LOG.md 2026-12-06, issue 25)."},
+    )  # fmt: skip
     global_batch_tokens: int = field(default=8192, metadata={"help": "Tokens per optimizer step, all processes."})
     per_device_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass and process."})
     # optimisation
@@ -342,8 +348,10 @@ class PretrainConfig(HubPush, RunArguments):
         for name in ("depth", "seq_len", "global_batch_tokens", "per_device_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is None and self.max_tokens is None and self.tokens_per_param is None:
-            raise UserError("set a budget: max_steps, max_tokens or tokens_per_param")
+        if all(getattr(self, k) is None for k in ("max_steps", "max_tokens", "exposures", "tokens_per_param")):
+            raise UserError("set a budget: max_steps, max_tokens, exposures or tokens_per_param")
+        if self.exposures is not None and self.exposures <= 0:
+            raise UserError(f"exposures must be > 0, got {self.exposures}")
         super().__post_init__()
 
 

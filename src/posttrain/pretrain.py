@@ -78,18 +78,48 @@ class Plan:
     note: str
 
 
-def plan(cfg, n_params: int, num_processes: int) -> Plan:
+def grad_accumulation(cfg, num_processes: int) -> int:
     per_micro = cfg.per_device_batch_size * cfg.seq_len * num_processes
     if cfg.global_batch_tokens % per_micro:
         raise UserError(
             f"global_batch_tokens {cfg.global_batch_tokens} is not a multiple of per_device_batch_size × seq_len × "
             f"processes = {cfg.per_device_batch_size} × {cfg.seq_len} × {num_processes} = {per_micro}"
         )
-    grad_accum = cfg.global_batch_tokens // per_micro
+    return cfg.global_batch_tokens // per_micro
+
+
+def bios_per_known(mix, world_dir) -> float | None:
+    """Biographies per well-known (`eval_known`) person in the world a mix reads its documents from: the unit of
+    the `exposures` budget (None when the mix reads no world documents or the world has no such person)."""
+    from posttrain import world as world_lib
+    from posttrain.data import WORLD
+
+    if not any(src.path == WORLD and (src.name or "documents") == "documents" for src in mix.datasets):
+        return None
+    if not Path(world_dir, "dataset_dict.json").is_file():
+        return None
+    docs = world_lib.load_world(world_dir)["documents"]
+    people = [p for p, s in zip(docs["person_id"], docs["split"]) if s == "eval_known"]
+    return len(people) / len(set(people)) if people else None
+
+
+def plan(cfg, n_params: int, num_processes: int, epoch_tokens: int | None = None,
+         bios_per_known: float | None = None) -> Plan:  # fmt: skip
+    """Steps and their reason. The budget: max_steps, else max_tokens, else `exposures` (needs the training set's
+    tokens per epoch and the world's biographies per well-known person), else tokens_per_param."""
+    grad_accum = grad_accumulation(cfg, num_processes)
     if cfg.max_steps is not None:
         steps, why = cfg.max_steps, "max_steps"
     elif cfg.max_tokens is not None:
         steps, why = max(1, cfg.max_tokens // cfg.global_batch_tokens), f"max_tokens {cfg.max_tokens:,}"
+    elif cfg.exposures is not None:
+        if not epoch_tokens or not bios_per_known:
+            raise UserError(f"{cfg.data_mix}: exposures needs a world with eval_known biographies in the mix "
+                            "(set max_tokens for other data)")  # fmt: skip
+        epochs = cfg.exposures / bios_per_known
+        steps = max(1, int(epochs * epoch_tokens) // cfg.global_batch_tokens)
+        why = (f"exposures {cfg.exposures:g}: a well-known person's {bios_per_known:.2f} biographies (mean) seen "
+               f"{cfg.exposures:g} times = {epochs:.2f} epochs of {epoch_tokens:,} tokens = {steps * cfg.global_batch_tokens:,} tokens")  # fmt: skip
     else:
         budget = int(cfg.tokens_per_param * n_params)
         steps, why = max(1, budget // cfg.global_batch_tokens), f"{cfg.tokens_per_param} tokens/param"

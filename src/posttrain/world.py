@@ -476,9 +476,31 @@ def check_splits(splits, allowed=SPLITS) -> list[str]:
     return splits
 
 
-def documents_view(world: DatasetDict, splits=PRETRAIN_SPLITS, **_) -> Dataset:
+def documents_view(world: DatasetDict, splits=PRETRAIN_SPLITS, restate_subject: bool = False, **_) -> Dataset:
+    """The biographies of `splits` people. `restate_subject`: every sentence that starts with a pronoun (He, She,
+    They; His, Her, Their) names its person instead ("She majored in law." -> "Ada Velmor majored in law."), the
+    person's name taken from their questions (`person_names`). A small model binds a fact to a name only where
+    the name is in the sentence: on a world whose biographies say "she" half the time the base model answered
+    0.156 of `known` questions, with full names 0.640 (docs/LOG.md 2026-12-06; Physics of LMs 3.1's full-name
+    augmentation). English pronouns only: a heuristic for biography corpora, off by default."""
     keep = set(check_splits(splits))
-    return world["documents"].filter(lambda s: s in keep, input_columns="split")
+    docs = world["documents"].filter(lambda s: s in keep, input_columns="split")
+    if not restate_subject:
+        return docs
+    names = person_names(world)
+
+    def restate(row):
+        name = names.get(row["person_id"])
+        if not name:
+            return row
+        text = _SUBJECT.sub(lambda m: m.group(1) + name + " ", row["text"])
+        return {**row, "text": _POSSESSIVE.sub(lambda m: m.group(1) + name + "'s ", text)}
+
+    return docs.map(restate, desc="restating subjects")
+
+
+_SUBJECT = re.compile(r"(^|[.!?]\s+)(?:He|She|They) ")
+_POSSESSIVE = re.compile(r"(^|[.!?]\s+)(?:His|Her|Their) ")
 
 
 def qa_view(world: DatasetDict, splits=SPLITS, **_) -> Dataset:
