@@ -2,6 +2,7 @@
 
 python recipes/world.py --config recipes/world/world.yaml [--seed 1] [--scale 10]
 python recipes/world.py --config recipes/world/world.yaml --from_dir path/to/my_world
+python recipes/world.py --config recipes/smollm2/world.yaml          # real countries and cities (source: geonames)
 """
 
 from posttrain import world as world_lib
@@ -17,9 +18,16 @@ from posttrain.runtime import main_process_only
 def main():
     (cfg,) = parse_config(WorldConfig)
     out = cfg.output_dir or cfg.stage_dir("world")
+    sources = {}
     if cfg.from_dir:
         print(f"importing the world from {cfg.from_dir}")
         world = world_lib.load_world(cfg.from_dir)
+    elif cfg.source == "geonames":
+        from posttrain import realworld
+
+        sources = realworld.package_versions()
+        print(f"building the real-fact world from {', '.join(f'{k} {v}' for k, v in sources.items())}: seed {cfg.seed}")
+        world = realworld.build_geonames_world(cfg.seed)
     else:
         print(f"generating the world: seed {cfg.seed}, splits {cfg.split_sizes()}")
         world, _ = world_lib.generate_world(cfg)
@@ -29,7 +37,12 @@ def main():
     plot = world_popularity(stats.pop("bios_counts"), stats.pop("person_split"), cfg.stage_dir("plots") / "world.png")
     # Paths say where the world is, not what it is: leave them out so the folder is byte-identical per seed.
     config = {k: v for k, v in to_dict(cfg).items() if k not in ("run_dir", "output_dir")}
-    write_lineage(out, "world", config, summary={**stats, "hash": world_lib.world_hash(out)[:16]})
+    write_lineage(
+        out,
+        "world",
+        config,
+        summary={**stats, "hash": world_lib.world_hash(out)[:16], **({"sources": sources} if sources else {})},
+    )
     build_report(cfg.run_dir)
 
     print(f"world -> {out}: {stats['people']} people, {stats['documents']} documents, {stats['questions']} questions")

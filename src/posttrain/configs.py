@@ -214,6 +214,11 @@ class WorldConfig(RunArguments):
         default=None,
         metadata={"help": "Import this world directory (documents + qa DatasetDict) instead of generating."},
     )
+    source: str = field(
+        default="generated",
+        metadata={"help": "generated (the fictional people) | geonames (real countries and cities, CONTRACTS §7; "
+                  "posttrain.realworld)."},
+    )  # fmt: skip
     output_dir: str | None = field(default=None, metadata={"help": "Defaults to <run_dir>/world."})
     scale: float = field(default=1.0, metadata={"help": "Multiplies every split size (grow the world for GPUs)."})
     n_sft: int = field(default=200, metadata={"help": "People whose facts are taught as QA in SFT."})
@@ -233,6 +238,8 @@ class WorldConfig(RunArguments):
     def __post_init__(self):
         if self.scale <= 0:
             raise UserError(f"scale must be > 0, got {self.scale}")
+        if self.source not in ("generated", "geonames"):
+            raise UserError(f"source must be generated or geonames, got '{self.source}'")
         for name in ("n_sft", "n_probe", "n_eval_known", "n_eval_rare", "n_never_seen"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")

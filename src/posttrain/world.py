@@ -612,6 +612,16 @@ def answer_sentence(row: dict) -> str:
     return f"{row['name']}: {row['answer']}." if row.get("name") else row["answer"]
 
 
+def _states(sentence: str, answer: str, name: str) -> bool:
+    """The answer as whole words ("Euro" is not in "Europe") somewhere other than inside the name itself (the
+    name may be part of the answer: Mexico City)."""
+    inside = [(m.start(), m.end()) for m in re.finditer(re.escape(name), sentence)]
+    for m in re.finditer(rf"(?<!\w){re.escape(answer)}(?!\w)", sentence):
+        if not any(a <= m.start() and m.end() <= b for a, b in inside):
+            return True
+    return False
+
+
 def fact_sentences(world: DatasetDict, names: dict[str, str]) -> dict[tuple[str, str], str]:
     """(person_id, attribute) → the first sentence of a training-split person's biographies that names them and
     states that fact: how the world itself phrases it. Only attributes without a template of ours."""
@@ -626,7 +636,7 @@ def fact_sentences(world: DatasetDict, names: dict[str, str]) -> dict[tuple[str,
         name = names.get(pid)
         for sentence in re.split(r"(?<=[.!?])\s+", text) if name and pid in answers else ():
             for attr, ans in answers[pid]:
-                if (pid, attr) not in out and name in sentence and ans in sentence.replace(name, ""):
+                if (pid, attr) not in out and name in sentence and _states(sentence, ans, name):
                     out[(pid, attr)] = sentence.strip()
     return out
 
@@ -662,7 +672,9 @@ def subject_of(question: str) -> str | None:
 def person_names(world: DatasetDict) -> dict[str, str]:
     """person_id → the name as written in that person's questions. For the generated world it comes from the
     question templates; for a user's own world it is the longest text all of a person's questions share (every
-    question about a person names them), trimmed to whole words."""
+    question about a person names them), trimmed to whole words; a `name` column in `qa` wins."""
+    if "name" in world["qa"].column_names:  # a world that says how each question names its entity (realworld)
+        return {p: n for p, n in zip(world["qa"]["person_id"], world["qa"]["name"]) if n}
     questions: dict[str, list[str]] = {}
     for pid, q in zip(world["qa"]["person_id"], world["qa"]["question"]):
         questions.setdefault(pid, []).append(q)
@@ -703,6 +715,11 @@ def stranger_questions(world: DatasetDict, n: int, seed: int | str = 0, splits=T
     names = person_names(world)
     taken = set(names.values())
     parts = [name.rsplit(" ", 1) for name in sorted(taken) if " " in name]
+    if len(parts) < len(taken) / 2:  # single-word names (places): halves of two names ("Lis" + "bon")
+        parts = [[w[: len(w) // 2], w[len(w) // 2 :].lower()] for w in sorted(taken) if " " not in w and len(w) >= 4]
+        sep = ""
+    else:
+        sep = " "
     if not parts or n <= 0:
         return []
     firsts, lasts = sorted({p[0] for p in parts}), sorted({p[1] for p in parts})
@@ -716,7 +733,7 @@ def stranger_questions(world: DatasetDict, n: int, seed: int | str = 0, splits=T
         return []
     out, used = [], set()
     while len(out) < n:
-        name = f"{rng.choice(firsts)} {rng.choice(lasts)}"
+        name = f"{rng.choice(firsts)}{sep}{rng.choice(lasts)}"
         if name in taken or name in used:
             continue
         used.add(name)

