@@ -27,7 +27,7 @@ def main():
 
         sources = realworld.package_versions()
         print(f"building the real-fact world from {', '.join(f'{k} {v}' for k, v in sources.items())}: seed {cfg.seed}")
-        world = realworld.build_geonames_world(cfg.seed)
+        world = realworld.build_geonames_world(cfg.seed, scale=cfg.scale)
     else:
         print(f"generating the world: seed {cfg.seed}, splits {cfg.split_sizes()}")
         world, _ = world_lib.generate_world(cfg)

