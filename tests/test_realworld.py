@@ -39,6 +39,8 @@ def test_splits_by_entity_and_prominence(geo):
     fictional = {names[p] for p, s in split_of.items() if s == "never_seen"}
     assert fictional and not {n.lower() for n in fictional} & real
     assert "never_seen" not in set(geo["documents"]["split"])
+    # nothing about a fictional entity can be guessed right (no continent: seven real ones to pick from)
+    assert "continent" not in {a for a, s in zip(qa["attribute"], qa["split"]) if s == "never_seen"}
 
 
 def test_questions_do_not_give_their_answer_and_accept_fair_aliases(geo):

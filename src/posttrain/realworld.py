@@ -176,10 +176,9 @@ def build_geonames_world(seed: int = 0, n_countries: int = 240, n_cities: int = 
     fictional = []
     for i in range(n_fictional // 2):
         country, capital, coin = names[3 * i], names[3 * i + 1], names[3 * i + 2]
-        continent = rng.choice([v for k, v in CONTINENTS.items() if k != "AN"])
+        # no continent: a guess among seven real ones would be "right" by chance about a country that does not exist
         fictional.append((f"fictional-country-{i}", "country", country, 0, {
-            "capital": (capital, [capital]), "continent": (continent, [continent]),
-            "currency": (f"{coin} mark", [f"{coin} mark"])}))  # fmt: skip
+            "capital": (capital, [capital]), "currency": (f"{coin} mark", [f"{coin} mark"])}))  # fmt: skip
     for i in range(n_fictional - n_fictional // 2):
         city, country = names[3 * (n_fictional // 2 + i)], names[3 * (n_fictional // 2 + i) + 1]
         fictional.append((f"fictional-city-{i}", "city", city, 0, {"country": (country, [country])}))
@@ -188,7 +187,7 @@ def build_geonames_world(seed: int = 0, n_countries: int = 240, n_cities: int = 
     docs, qa = [], []
     for split in ("sft", "probe", "eval_known", "eval_rare", "never_seen"):
         for pid, kind, name, population, facts in splits[split]:
-            order = ["continent", "capital", "currency"] if kind == "country" else ["country"]
+            order = [a for a in ("continent", "capital", "currency", "country") if a in facts]
             if split != "never_seen":
                 text = " ".join(SNIPPET[a].format(name=name, value=facts[a][0]) for a in order)
                 if kind == "city":
