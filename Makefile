@@ -23,13 +23,16 @@ REWARD ?= 1
 GRPO   ?= 1
 PPO    ?= 0
 DPO    ?= 0
+# SEARCH=1: the search-when-unsure stage after the probe (recipes/<family>/search.yaml), evaluated with the tool
+# (eval/search.json) and without it (eval/search_no_tool.json). Off by default: the 15-minute budget.
+SEARCH ?= 0
 
 # The torch build: a CUDA machine takes PyPI's default wheel; a machine without a GPU takes the CPU build
 # (2.13 is the CPU wheel this project is tested with; pip finds it in a local wheel folder when one is set up).
 # Override with `make TORCH_SPEC='torch==X' ...`.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo 'torch==2.13.*')
 
-.PHONY: speedrun test lint bench install install-dev clean-venv
+.PHONY: speedrun test lint bench install install-dev clean-venv chat
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,10 +63,12 @@ speedrun: $(VENV)/.stamp-base $(if $(filter smollm2,$(RECIPES)),$(VENV)/.stamp-s
 ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/world.py --config recipes/smollm2/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) -m posttrain.smollm2 --output_dir $(RUN_DIR)/base
-	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 25 --num_samples 2 $(EVAL_ARGS)
+	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 100 --num_samples 2 $(EVAL_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS)
+	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/sft.py --config recipes/smollm2/search.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_ARGS))
+	$(if $(filter 1,$(SEARCH)),$(VPY) evals/factuality.py --model $(RUN_DIR)/search --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/search_no_tool.json --max_per_bucket 100 --num_samples 0 $(EVAL_ARGS))
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/smollm2/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
 else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
@@ -73,6 +78,8 @@ else
 	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(if $(filter 1,$(PROBE)),$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS))
 	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS))
+	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/sft.py --config recipes/world/search.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_ARGS))
+	$(if $(filter 1,$(SEARCH)),$(VPY) evals/factuality.py --model $(RUN_DIR)/search --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/search_no_tool.json --max_per_bucket 500 --num_samples 0 $(EVAL_ARGS))
 	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REWARD_ARGS))
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
 	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(PPO_ARGS))
@@ -84,6 +91,11 @@ endif
 # Tests run on up to 4 cores side by side (pytest-xdist; launches take free ports, the SmolLM2 conversion is
 # shared under a file lock). TEST_JOBS=0 runs them all in one process.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+# Talk to a model of a run: `make chat RUN=speedrun STAGE=grpo` (/reset, /exit; ARGS e.g. --max_new_tokens 64).
+STAGE ?= grpo
+chat: $(VENV)/.stamp-base
+	$(VPY) -m posttrain.chat --model $(RUN_DIR)/$(STAGE) $(ARGS)
+
 test: $(VENV)/.stamp-dev
 	$(VPY) -m pytest -q -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 

@@ -31,6 +31,9 @@ def main():
     else:
         print(f"generating the world: seed {cfg.seed}, splits {cfg.split_sizes()}")
         world, _ = world_lib.generate_world(cfg)
+    if cfg.holdout_attributes:
+        world = world_lib.hold_out_attributes(world, cfg.holdout_attributes, cfg.from_dir or out)
+        print(f"held out of training: {', '.join(cfg.holdout_attributes)} (asked of eval people only)")
     world_lib.save_world(world, out)
 
     stats = world_lib.world_stats(world)
@@ -41,7 +44,12 @@ def main():
         out,
         "world",
         config,
-        summary={**stats, "hash": world_lib.world_hash(out)[:16], **({"sources": sources} if sources else {})},
+        summary={
+            **stats,
+            "hash": world_lib.world_hash(out)[:16],
+            **({"sources": sources} if sources else {}),
+            **({"held_out_attributes": cfg.holdout_attributes} if cfg.holdout_attributes else {}),
+        },
     )
     build_report(cfg.run_dir)
 

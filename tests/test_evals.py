@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 import pytest
 from conftest import REPO, assert_ok, assert_one_line_error, recipe_here, run
 from transformers import AutoTokenizer
 
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED, grade, normalize
-from posttrain.evals.metrics import auroc, bucket_metrics, ece
+from posttrain.evals.metrics import auroc, bucket_metrics, cohen_kappa, ece, rater_agreement
 from posttrain.modeling import init_model, preset
 
 CITIES = ["Lisbon", "Porto", "Quebec City", "Cork"]
@@ -83,6 +84,19 @@ def _factuality(*args):
     return run([sys.executable, str(REPO / "evals" / "factuality.py"), *args])
 
 
+def test_judge_agreement_kappa_by_hand():
+    """Cohen's kappa on a hand-worked 2x2: observed 0.75, chance 0.5*0.25 + 0.5*0.75 = 0.5, kappa 0.5."""
+    judge = [CORRECT, CORRECT, INCORRECT, INCORRECT]
+    ref = [CORRECT, INCORRECT, INCORRECT, INCORRECT]
+    assert cohen_kappa(judge, ref) == pytest.approx(0.5)
+    assert cohen_kappa(ref, ref) == pytest.approx(1.0) and cohen_kappa([CORRECT] * 3, [CORRECT] * 3) is None
+    out = rater_agreement(judge, ref)
+    assert out["n"] == 4 and out["accuracy"] == pytest.approx(0.75) and out["kappa"] == pytest.approx(0.5)
+    c = out["per_label"][CORRECT]
+    assert (c["precision"], c["recall"], c["judge_share"], c["reference_share"]) == (0.5, 1.0, 0.5, 0.25)
+    assert out["per_label"][NOT_ATTEMPTED]["precision"] is None and out["per_label"][NOT_ATTEMPTED]["kappa"] is None
+
+
 def test_factuality_cli_on_the_world(tiny_run, tiny_model, tmp_path):
     out = tmp_path / "run" / "eval" / "tiny.json"
     proc = _factuality("--model", str(tiny_model), "--eval_set", str(tiny_run), "--output", str(out),
@@ -100,6 +114,11 @@ def test_factuality_cli_on_the_world(tiny_run, tiny_model, tmp_path):
     assert (tmp_path / "run" / "plots" / "reliability_tiny.png").is_file()
     records = [json.loads(x) for x in (out.parent / "tiny_samples.jsonl").read_text().splitlines()]
     assert len(records) == 36 and all(len(r["samples"]) == 2 for r in records)
+    answerable = [r for r in records if r["bucket"] != "never_seen"]
+    assert {a: m["n"] for a, m in result["attributes"].items()} == dict(Counter(r["attribute"] for r in answerable))
+    for a, m in result["attributes"].items():  # per kind of fact, over known + rare
+        mine = [r["grade"] for r in answerable if r["attribute"] == a]
+        assert m["correct"] == pytest.approx(mine.count(CORRECT) / len(mine))
 
 
 def test_factuality_cli_on_a_qa_file_with_simpleqa_columns(tiny_model, tmp_path):

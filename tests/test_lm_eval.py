@@ -111,7 +111,7 @@ def test_lm_eval_grades_as_our_eval(tiny_run, tmp_path, style):
     a chat model through `world_qa_chat_*` with --apply_chat_template, a base model through `world_qa_*` 3-shot."""
     from transformers import AutoTokenizer
 
-    from posttrain.chat import prepare_chat
+    from posttrain.chat_template import prepare_chat
     from posttrain.evals.grading import extract_answer
     from posttrain.generation import render
     from posttrain.modeling import init_model, preset

@@ -142,6 +142,21 @@ def test_judgments_labels_and_targets():
         probe.training_targets(rows, probe.LabelRule(), mixed="maybe")
 
 
+def test_own_answers_as_known_targets_end_after_the_sentence_that_gives_the_answer():
+    q = {"question": "What is the currency of Japan?", "answer": "Yen", "aliases": ["JPY"], "person_id": "c1",
+         "attribute": "currency", "split": "probe"}  # fmt: skip
+    greedy = ["The currency of Japan is the yen. It is issued by the Bank of", "It is the JPY.",
+              "The currency of Japan is the", "The dollar."]  # fmt: skip
+    rows = probe.judge_samples([q] * 4, [["Yen."] * 2] * 4, greedy=greedy)
+    assert [r["correct"] for r in rows] == [True, True, False, False]
+    own = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5), known_targets="own")
+    template = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5))
+    assert own[0]["target"] == "The currency of Japan is the yen.", "cut after the sentence, never mid-sentence"
+    assert own[1]["target"] == "It is the JPY.", "right by an alias: the whole (complete) answer"
+    assert own[2]["target"] == own[3]["target"] == template[2]["target"], "a wrong greedy answer: the world's sentence"
+    assert all(t["label"] == "known" for t in own) and template[0]["target"] != own[0]["target"]
+
+
 def test_confident_unknowns_lose_their_refusal_targets_but_strangers_keep_theirs():
     def row(split, label, correct, confidence):
         return {"question": "Where was Ada Velmor born?", "split": split, "label": label, "correct": correct,

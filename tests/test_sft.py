@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from posttrain import world as W
-from posttrain.chat import end_of_turn_id, prepare_chat
+from posttrain.chat_template import end_of_turn_id, prepare_chat
 from posttrain.data import load_mix
 from posttrain.errors import UserError
 from posttrain.world import EVAL_BUCKETS, load_world

@@ -155,3 +155,9 @@ def test_probe_free_text_with_model_questions_and_llm_judge(converted, tmp_path)
     assert stats["judge"] == "llm" and 0.0 <= stats["judge_agreement_with_exact"] <= 1.0
     judged = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
     assert all(len(j["grades"]) == len(j["exact_grades"]) == 2 for j in judged)
+    pairs = [(g, e) for j in judged for g, e in zip(j["grades"], j["exact_grades"])]
+    vs = stats["judge_vs_exact"]
+    assert vs["n"] == len(pairs) and vs["accuracy"] == pytest.approx(sum(g == e for g, e in pairs) / len(pairs))
+    assert vs["per_label"]["correct"]["judge_share"] == pytest.approx(
+        sum(g == "correct" for g, _ in pairs) / len(pairs)
+    )

@@ -1,82 +1,94 @@
-"""Make any causal LM's tokenizer ready for chat SFT: template, special tokens, pad token, end-of-turn stop.
+"""Talk to any model posttrain writes: `python -m posttrain.chat --model runs/speedrun/grpo` (or `make chat`).
 
-The one documented way posttrain fixes a tokenizer (README, "Any base model"):
-1. no chat template → posttrain's ChatML template (with `{% generation %}` markers) and its `<|im_start|>` /
-   `<|im_end|>` tokens, added as special tokens;
-2. a template without `{% generation %}` markers while the loss is on assistant turns only → TRL's training
-   version of that template when TRL knows it (`get_training_chat_template`), posttrain's ChatML when the template
-   is ChatML (e.g. SmolLM2), otherwise a clear error (set `assistant_only_loss: false` or `chat_template_path`);
-3. no pad token → a new `<|pad|>` special token (never the eos token: padding must not look like a stop);
-4. new tokens → the embedding matrix grows, new rows start at the mean of the old ones (HF's resize default);
-5. the generation config stops at the template's end-of-turn token, so a user's `generate` ends after an answer.
+Multi-turn, tokens streamed as they are generated (transformers' `TextStreamer`), the model's own chat template and
+generation config — so a refusal-trained model declines exactly as `evals/factuality.py` measured it (its
+`sequence_bias` on the decline token included). `/reset` starts a new conversation, `/exit` (or Ctrl-D) quits.
+
+Why a loop of our own: transformers' `transformers chat` CLI talks to a `transformers serve` server (an extra
+process, downloads by model id); this runs in-process on a local directory, under the same bf16-where-native
+autocast as our evaluation.
 """
 
 from __future__ import annotations
 
-from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+from pathlib import Path
 
-from posttrain.errors import UserError
-from posttrain.tokenizer import CHAT_TEMPLATE, END_OF_TURN, IM_START, PAD
+import torch
 
-_PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
+from posttrain.configs import ChatConfig, parse_config
+from posttrain.errors import UserError, entrypoint
 
-
-def _is_chatml(template: str) -> bool:
-    return IM_START in template and END_OF_TURN in template
+HELP = "/reset starts a new conversation, /exit quits"
 
 
-def prepare_chat(model, tokenizer, assistant_only_loss: bool = True) -> list[str]:
-    """Fix `tokenizer` (and `model`'s embeddings and configs) in place; returns what was changed, for the log."""
-    changes = []
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    if not template:
-        tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, END_OF_TURN]})
-        tokenizer.chat_template = CHAT_TEMPLATE
-        changes.append("added posttrain's ChatML chat template and its tokens")
-    elif assistant_only_loss and not has_generation_markers(template):
-        patched = get_training_chat_template(tokenizer) if not _is_chatml(template) else None
-        if patched is None and _is_chatml(template):
-            patched = CHAT_TEMPLATE
-        if patched is None:
-            raise UserError(
-                f"{tokenizer.name_or_path}: the chat template has no {{% generation %}} markers, which "
-                "assistant_only_loss needs; set assistant_only_loss: false or give chat_template_path"
-            )
-        tokenizer.chat_template = patched
-        changes.append("chat template swapped for a training template with {% generation %} markers")
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        changes.append(f"added pad token {PAD}")
+def load(cfg: ChatConfig):
+    """(model, tokenizer), with one clear line for a path that is not a chat model."""
+    from posttrain.generation import load_for_generation
 
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        changes.append(f"embeddings resized to {len(tokenizer)} tokens")
-    eot = end_of_turn_id(tokenizer)
-    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eot)
-    model.config.eos_token_id = eot
-    model.config.pad_token_id = tokenizer.pad_token_id
-    gen = getattr(model, "generation_config", None)  # a reward model (sequence classifier) has none
-    if gen is not None:
-        stops = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
-        gen.eos_token_id = [eot] + [t for t in stops if t is not None and t != eot]
-        gen.pad_token_id = tokenizer.pad_token_id
-    return changes
+    if not cfg.model:
+        raise UserError("command line: --model is required (a model directory, e.g. runs/speedrun/grpo)")
+    if not Path(cfg.model).is_dir():
+        raise UserError(f"{cfg.model}: no such model directory")
+    model, tokenizer = load_for_generation(cfg.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if not tokenizer.chat_template:
+        raise UserError(f"{cfg.model}: the tokenizer has no chat template (a base model: SFT it first, or use "
+                        "evals/factuality.py --prompt fewshot)")  # fmt: skip
+    return model, tokenizer
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """The special token the chat template writes right after an assistant message (what must stop `generate`)."""
-    ids = tokenizer.apply_chat_template(_PROBE, tokenize=True, return_dict=False)
-    ids = ids["input_ids"] if isinstance(ids, dict) else ids
-    pong = tokenizer.encode("pong", add_special_tokens=False)
-    special = set(tokenizer.all_special_ids)
-    for start in range(len(ids) - len(pong), -1, -1):
-        if ids[start : start + len(pong)] == pong:
-            for tok in ids[start + len(pong) :]:
-                if tok in special:
-                    return tok
-            break
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"{tokenizer.name_or_path}: cannot tell the chat template's end-of-turn token")
-    return tokenizer.eos_token_id
+def reply(model, tokenizer, messages: list[dict], cfg: ChatConfig) -> str:
+    """Generate the assistant's next turn, streaming its text to stdout as it comes; returns the text."""
+    from transformers import TextStreamer
+
+    from posttrain.generation import eos_ids
+    from posttrain.runtime import autocast, resolve_precision
+
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kw = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": eos_ids(model, tokenizer),
+          "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}  # fmt: skip
+    if cfg.do_sample is not None:
+        kw["do_sample"] = cfg.do_sample
+    if cfg.temperature is not None:
+        kw["temperature"] = cfg.temperature
+    with torch.no_grad(), autocast(resolve_precision(cfg.mixed_precision, model.device), model.device):
+        ids = model.generate(**enc, streamer=streamer, **kw)
+    return tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def chat_loop(model, tokenizer, cfg: ChatConfig, read=input) -> None:
+    """Read a line, answer it, keep the conversation; `/reset` and `/exit` as in HELP."""
+    start = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    messages = list(start)
+    print(f"chatting with {cfg.model} ({HELP})", flush=True)
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            messages = list(start)
+            print("(new conversation)", flush=True)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]} ({HELP})", flush=True)
+            continue
+        messages.append({"role": "user", "content": line})
+        print("model> ", end="", flush=True)
+        messages.append({"role": "assistant", "content": reply(model, tokenizer, messages, cfg)})
+
+
+def main() -> None:
+    (cfg,) = parse_config(ChatConfig)
+    model, tokenizer = load(cfg)
+    chat_loop(model, tokenizer, cfg)
+
+
+if __name__ == "__main__":
+    entrypoint(main)

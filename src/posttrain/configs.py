@@ -234,6 +234,11 @@ class WorldConfig(RunArguments):
     pronoun_prob: float = field(
         default=0.0, metadata={"help": "Chance that a non-first sentence says he/she instead of the full name."}
     )
+    holdout_attributes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Kinds of fact kept out of every training set (their questions about sft/probe people "
+                  "are dropped); the eval reports them per attribute, e.g. [currency]."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.scale <= 0:
@@ -371,6 +376,20 @@ class PushConfig(HubPush, RunArguments):
 
 
 @dataclass
+class ChatConfig:
+    """`python -m posttrain.chat`: a terminal chat with a saved model (`make chat RUN=...`)."""
+
+    model: str = field(default="", metadata={"help": "A model directory with a chat template (e.g. runs/<run>/grpo)."})
+    system: str | None = field(default=None, metadata={"help": "A system message at the start of each conversation."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens per reply."})
+    do_sample: bool | None = field(
+        default=None, metadata={"help": "Sample instead of greedy (default: the model's generation config)."}
+    )
+    temperature: float | None = field(default=None, metadata={"help": "With --do_sample (default: the model's)."})
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where native) | no | bf16."})
+
+
+@dataclass
 class FactualityConfig:
     """`evals/factuality.py`: grade a model's answers on factual QA (CONTRACTS §5)."""
 
@@ -448,6 +467,9 @@ class TrainerStage(HubPush):
     eval_after: bool = field(default=True, metadata={"help": "Run the factuality eval into eval/<stage>.json."})
     eval_max_per_bucket: int | None = field(default=100, metadata={"help": "Questions per bucket in that eval."})
     eval_num_samples: int = field(default=4, metadata={"help": "Sampled answers per question in that eval."})
+    eval_tools: str | None = field(
+        default=None, metadata={"help": "search: that eval lets the model call the search tool (the search stage)."}
+    )
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (default: all)."})
     # TRL defaults replaced (see the class docstring)
     output_dir: str | None = field(
@@ -675,6 +697,12 @@ class ProbeConfig(RunArguments):
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
                   "(declines where the fact would come) | auto: early for strangers, late for the world's people."},
     )  # fmt: skip
+    known_targets: str = field(
+        default="template",
+        metadata={"help": "template: a known question's target is the world's answer sentence | own: the probed "
+                  "model's own right greedy answer, cut after the sentence that gives it (on-policy, as Llama 3 "
+                  "keeps the model's generations: a real model keeps its own style and its other skills)."},
+    )  # fmt: skip
     confident_unknowns: str = field(
         default="refuse",
         metadata={"help": "Unknown questions about the world's people whose greedy answer the model gives as "
@@ -686,6 +714,11 @@ class ProbeConfig(RunArguments):
     confidence_recall: float = field(
         default=0.8, metadata={"help": "confident_unknowns: share of right answers at or above the level."}
     )
+    search_sft: bool = field(
+        default=True,
+        metadata={"help": "Also write probe/search_sft.jsonl: known → answer, else search → answer citing the "
+                  "document, or decline when none states it (the search stage's data; needs a world)."},
+    )  # fmt: skip
     sft_share: float = field(
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
     )
@@ -704,6 +737,8 @@ class ProbeConfig(RunArguments):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.refusal_style not in ("early", "late", "auto"):
             raise UserError(f"refusal_style must be early, late or auto, got '{self.refusal_style}'")
+        if self.known_targets not in ("template", "own"):
+            raise UserError(f"known_targets must be template or own, got '{self.known_targets}'")
         if self.confident_unknowns not in ("refuse", "skip"):
             raise UserError(f"confident_unknowns must be refuse or skip, got '{self.confident_unknowns}'")
         if not 0 < self.confidence_recall <= 1:

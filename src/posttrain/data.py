@@ -256,7 +256,7 @@ def _finish_source(mix: DataMix, src: MixSource, ds, where: str):
 # Optional columns kept when present (CONTRACTS §3).
 _OPTIONAL = {
     "qa": ("aliases", "bucket", "context", "person_id", "attribute", "split"),
-    "conversations": (),
+    "conversations": ("tools",),  # the tools a conversation lists (JSON), for chat templates that render them
     "text": (),
     "preferences": ("pair_type",),  # the probe's kind of pair (refusal_over_wrong, ...): accuracy per kind
 }

@@ -319,7 +319,7 @@ def make_accelerator(mixed_precision: str = "auto"):
 
 def load_policy(path: str):
     """(causal LM in fp32, chat-ready tokenizer); a bad directory is one clear error (`generation.load_causal_lm`)."""
-    from posttrain.chat import prepare_chat
+    from posttrain.chat_template import prepare_chat
     from posttrain.generation import load_causal_lm
 
     model, tokenizer = load_causal_lm(path, torch.float32)

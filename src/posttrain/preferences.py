@@ -23,7 +23,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from posttrain.chat import prepare_chat
+from posttrain.chat_template import prepare_chat
 from posttrain.data import load_mix, read_mix
 from posttrain.errors import UserError
 

@@ -28,6 +28,7 @@ from posttrain.errors import UserError
 from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
 from posttrain.evals.judge import judge_grades
+from posttrain.evals.metrics import rater_agreement
 from posttrain.generation import auto_batch_size, generate, load_for_generation
 from posttrain.lineage import atomic_write_text, write_lineage
 from posttrain.runtime import process_state
@@ -286,11 +287,26 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     return rng.choice(GENERIC_REFUSALS)
 
 
+def own_answer(row: dict) -> str | None:
+    """The probed model's own greedy answer when it was right, cut after the first sentence that gives the answer
+    (so a target never ends mid-sentence where generation was cut off); None when there is no such answer."""
+    text = (row.get("response") or "").strip()
+    if not row.get("correct") or not text:
+        return None
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    for n in range(1, len(sentences) + 1):
+        if grade(" ".join(sentences[:n]), [row["answer"]]) == CORRECT:
+            return " ".join(sentences[:n])
+    return text if text.endswith((".", "!", "?")) else None  # right by an alias: the whole answer, if complete
+
+
 def training_targets(
-    rows: list[dict], rule: LabelRule, mixed: str = "skip", seed: int = 0, refusal_style: str = "early"
-) -> list[dict]:
-    """Label every judged question and pick its target: the correct answer (known), a refusal (unknown), and for
-    mixed questions `skip`, `refuse` or `hedge`. Returns rows with `label` and `target` (None when skipped)."""
+    rows: list[dict], rule: LabelRule, mixed: str = "skip", seed: int = 0, refusal_style: str = "early",
+    known_targets: str = "template",
+) -> list[dict]:  # fmt: skip
+    """Label every judged question and pick its target: the correct answer (known: the world's answer sentence, or
+    with `known_targets` own the model's own right answer where it has one), a refusal (unknown), and for mixed
+    questions `skip`, `refuse` or `hedge`. Returns rows with `label` and `target` (None when skipped)."""
     if mixed not in ("skip", "refuse", "hedge"):
         raise UserError(f"mixed must be skip, refuse or hedge, got '{mixed}'")
     rng = random.Random(f"{seed}-targets")
@@ -302,7 +318,7 @@ def training_targets(
                                              "answer": row["answer"], "name": row.get("name"),
                                              "sentence": row.get("sentence")})  # fmt: skip
         if label == KNOWN:
-            target = correct
+            target = (own_answer(row) if known_targets == "own" else None) or correct
         elif label in (UNKNOWN, ABSTAINED) or mixed == "refuse":  # an abstention the model keeps
             target = refusal
         elif mixed == "hedge":
@@ -365,6 +381,34 @@ def refusal_conversations(targets: list[dict]) -> list[dict]:
         for t in targets
         if t["target"] is not None
     ]
+
+
+def search_conversations(targets: list[dict], search_fn, ordinary: list[dict] = ()) -> list[dict]:
+    """Search-when-unsure SFT data (issue 24) from the probe's labels, every row listing the search tool: where the
+    model knows (`known`), the answer directly; elsewhere a search for the name, the tool's turn, then the answer
+    citing the document that states it ("Ada Velmor was born in Dunmere [doc 812].") — or the refusal when no
+    returned document names the person with the answer (a stranger's search never does). `ordinary` SFT
+    conversations are added with the tool listed and unused, so listing it does not by itself mean searching."""
+    from transformers.utils import get_json_schema
+
+    from posttrain.tools import CITATION, tool_call
+
+    tools = json.dumps([get_json_schema(search_fn)])
+    out = [{"messages": c["messages"], "tools": tools} for c in ordinary]
+    for t in targets:
+        user = {"role": "user", "content": t["question"]}
+        if t["label"] == KNOWN:
+            out.append({"messages": [user, {"role": "assistant", "content": t["correct_answer"]}], "tools": tools})
+            continue
+        name = t.get("name") or ""
+        result = search_fn(name or t["question"])
+        doc = next((int(m.group(1)) for line in result.splitlines() if (m := CITATION.match(line))
+                    and t["answer"] and name and name in line and world_lib.states(line, t["answer"], name)), None)  # fmt: skip
+        answer = t["refusal"] if doc is None else t["correct_answer"].rstrip(".") + f" [doc {doc}]."
+        out.append({"messages": [user, tool_call(name or t["question"]),
+                                 {"role": "tool", "name": "search", "content": result},
+                                 {"role": "assistant", "content": answer}], "tools": tools})  # fmt: skip
+    return out
 
 
 def preference_pairs(targets: list[dict], known_min: float = 0.0) -> list[dict]:
@@ -433,17 +477,37 @@ def make_questions(cfg, world, world_dir: str, generator_kw: dict) -> tuple[list
     return snippets, questions
 
 
-def judge_agreement(rows: list[dict]) -> float | None:
-    """Share of sampled answers where the judge and the exact grade agree (None for the exact judge)."""
+def judge_agreement(rows: list[dict]) -> dict | None:
+    """How the judge's grades of the sampled answers agree with the exact grades: accuracy, Cohen's kappa, and
+    per label (None for the exact judge)."""
     pairs = [(g, e) for r in rows if "exact_grades" in r for g, e in zip(r["grades"], r["exact_grades"])]
-    return sum(g == e for g, e in pairs) / len(pairs) if pairs else None
+    return rater_agreement(*zip(*pairs)) if pairs else None
+
+
+def ordinary_conversations(cfg, world_dir: str, n: int) -> list[dict]:
+    """`n` conversations of the ordinary SFT mix (seeded), so a stage trained on probe data keeps its chat skills."""
+    ordinary = load_mix(cfg.sft_mix, world_dir)["train"]
+    picked = random.Random(cfg.seed).sample(range(len(ordinary)), min(n, len(ordinary)))
+    return [{"messages": ordinary[i]["messages"]} for i in picked]
+
+
+def search_data(cfg, targets: list[dict], world_dir: str, tokenizer) -> list[dict]:
+    """The search stage's SFT data (probe/search_sft.jsonl): search conversations plus a `sft_share` of ordinary
+    ones, over the run's search index (built here from the world's documents when the run has none)."""
+    from posttrain.tools import run_index, search_tool
+
+    search = search_tool(run_index(cfg.run_dir, world_dir), tokenizer=tokenizer)
+    n_extra = round(cfg.sft_share * len(targets))
+    convs = search_conversations(targets, search, ordinary_conversations(cfg, world_dir, n_extra) if n_extra else [])
+    random.Random(cfg.seed).shuffle(convs)
+    return convs
 
 
 def training_data(cfg, judged: list[dict], world_dir: str):
     """Step 6: labels and targets, refusal SFT conversations (plus a share of ordinary SFT conversations, so the
     model keeps its chat skills), preference pairs, and the summary numbers."""
     rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min)
-    targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style)
+    targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style, cfg.known_targets)
     extra = {}
     if cfg.confident_unknowns == "skip":
         targets, threshold = skip_confident_unknowns(targets, cfg.confidence_recall)
@@ -457,13 +521,14 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     convs = refusal_conversations(targets)
     n_extra = round(cfg.sft_share * len(convs))
     if n_extra:
-        ordinary = load_mix(cfg.sft_mix, world_dir)["train"]
-        picked = random.Random(cfg.seed).sample(range(len(ordinary)), min(n_extra, len(ordinary)))
-        convs += [{"messages": ordinary[i]["messages"]} for i in picked]
+        convs += ordinary_conversations(cfg, world_dir, n_extra)
         random.Random(cfg.seed).shuffle(convs)
     pairs = preference_pairs(targets, cfg.pair_known_min)
     stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "preferences": len(pairs),
-             "judge": cfg.judge, "judge_agreement_with_exact": judge_agreement(judged), **extra}  # fmt: skip
+             "judge": cfg.judge, **extra}  # fmt: skip
+    agreement = judge_agreement(judged)
+    if agreement:
+        stats.update(judge_agreement_with_exact=agreement["accuracy"], judge_vs_exact=agreement)
     return targets, convs, pairs, stats
 
 
@@ -507,11 +572,12 @@ def run(cfg) -> dict | None:
         judged = [{**j, "answer_confidence": c} for j, c in zip(judged, scores)]
 
     targets, convs, pairs, stats = training_data(cfg, judged, world_dir)
-    stats.update(answers_per_s=round(rate, 2), sampling_s=round(seconds, 1))
+    searches = search_data(cfg, targets, world_dir, tokenizer) if cfg.search_sft and world is not None else []
+    stats.update(answers_per_s=round(rate, 2), sampling_s=round(seconds, 1), search_sft=len(searches))
     print(f"probe 4-6: {json.dumps(stats)}")
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("snippets", snippets), ("questions", questions), ("judgments", targets),
-                       ("refusal_sft", convs), ("preferences", pairs)):  # fmt: skip
+                       ("refusal_sft", convs), ("preferences", pairs), ("search_sft", searches)):  # fmt: skip
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "summary.json", json.dumps(stats, indent=2) + "\n")
     write_lineage(out, "probe", to_dict(cfg), parents={"model": {"path": str(model_dir)}}, summary=stats)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from posttrain.lineage import atomic_write_text, read_lineage
 
-STAGES = ("world", "tokenizer", "pretrain", "base", "sft", "probe", "refusal", "reward", "ppo", "grpo", "dpo")
+STAGES = ("world", "tokenizer", "pretrain", "base", "sft", "probe", "refusal", "reward", "ppo", "grpo", "dpo", "search")
 
 
 def _fmt(value) -> str:
@@ -110,7 +110,10 @@ def build_report(run_dir: str | Path) -> Path:
             "|---|---|---|---|---|---|---|",
         ]
         for stage, buckets in results.items():
-            for bucket, m in buckets.items():
+            # a kind of fact held out of training (issue 22 item 4) gets its own row: known + rare questions of it
+            held = {f"known + rare, {a} (held out of training)": full[stage].get("attributes", {}).get(a)
+                    for a in full[stage].get("held_out_attributes", [])}  # fmt: skip
+            for bucket, m in {**buckets, **{k: v for k, v in held.items() if v}}.items():
                 lines.append(
                     f"| {stage} | {bucket} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | "
                     f"{m['not_attempted']:.3f} | {m['f_score']:.3f} |"

@@ -2,7 +2,7 @@
 every TRL stage shares — parent model, resume, export, eval — are in `posttrain.stages`).
 
 Any causal LM is a base: our pretrain output, a local or Hub model, or the converted SmolLM2
-(`python -m posttrain.smollm2`). `posttrain.chat.prepare_chat` gives its tokenizer a trainable chat template.
+(`python -m posttrain.smollm2`). `posttrain.chat_template.prepare_chat` gives its tokenizer a trainable chat template.
 """
 
 from __future__ import annotations

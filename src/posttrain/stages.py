@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from posttrain import checkpoint
-from posttrain.chat import prepare_chat
+from posttrain.chat_template import prepare_chat
 from posttrain.configs import FactualityConfig
 from posttrain.data import mix_hash
 from posttrain.errors import UserError
@@ -224,7 +224,7 @@ def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     fcfg = FactualityConfig(
         model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
         prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
-        mixed_precision=precision_of(cfg),
+        mixed_precision=precision_of(cfg), tools=getattr(cfg, "eval_tools", None),
         parent_eval=str(parent_eval) if parent_eval.is_file() else None,
         base_eval=str(base_eval) if base_eval.is_file() and cfg.parent not in ("sft", "pretrain") else None,
     )  # fmt: skip

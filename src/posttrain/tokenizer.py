@@ -24,14 +24,29 @@ PAD = "<|pad|>"
 IM_START = "<|im_start|>"
 SPECIAL_TOKENS = [BOS, PAD, IM_START, END_OF_TURN]
 
-# ChatML with {% generation %} around what the assistant says (its content and the end-of-turn token).
+# ChatML with {% generation %} around what the assistant says (its content, tool calls and end-of-turn token).
 # The bos token starts a conversation unless it is <|im_start|> itself (SmolLM2's tokenizer), where it would double.
+# Tool calls in the Hermes/Qwen2.5 form most open chat models and TRL's parsers know: `tools` are listed in a system turn, an assistant turn's `tool_calls` are
+# written as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, a `tool` message is its own turn. A
+# conversation without tools renders exactly as plain ChatML.
 CHAT_TEMPLATE = (
     "{%- if bos_token and bos_token != '<|im_start|>' %}{{- bos_token }}{%- endif %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- 'Tools:' }}{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\nTo call one, reply <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.<|im_end|>\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- generation %}{{- message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set f = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>' + ({'name': f['name'], 'arguments': f['arguments']} | tojson) + '</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -39,6 +54,23 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
+
+# How `tokenizer.parse_response` reads a reply written in CHAT_TEMPLATE's form back into a message (transformers'
+# response templates; the same shape as TRL's qwen3_template): text content, then any <tool_call> JSON objects.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> Tokenizer:
@@ -76,6 +108,7 @@ def wrap(tok: Tokenizer, model_max_length: int = 2048) -> PreTrainedTokenizerFas
         clean_up_tokenization_spaces=False,
     )
     hf.chat_template = CHAT_TEMPLATE
+    hf.response_template = RESPONSE_TEMPLATE  # tokenizer.parse_response reads tool calls back
     return hf
 
 

@@ -420,6 +420,23 @@ def validate_world(world: DatasetDict, path: str | Path = "world") -> None:
             raise UserError(f"{path}/documents row {i}: empty text")
 
 
+def hold_out_attributes(world: DatasetDict, attributes: list[str], path: str | Path = "world") -> DatasetDict:
+    """A kind of fact kept out of every training set (issue 22, item 4): the questions of `attributes` about the
+    training-side people (`sft`, `probe`) are dropped, so SFT, the probe and every stage after them never ask one;
+    the evaluation people keep theirs, and the eval reports them per attribute. Documents are untouched (the facts
+    stay in the corpus a model may have read)."""
+    have = set(world["qa"]["attribute"])
+    for a in attributes:
+        if a not in have:
+            raise UserError(f"{path}: holdout_attributes: '{a}' is not an attribute of the world "
+                            f"(it has: {', '.join(sorted(have))})")  # fmt: skip
+    drop = set(attributes)
+    qa = world["qa"].filter(lambda r: not (r["attribute"] in drop and r["split"] in TRAIN_SPLITS))
+    if not set(qa["split"]) & set(TRAIN_SPLITS):
+        raise UserError(f"{path}: holdout_attributes {sorted(drop)} leave no training questions")
+    return DatasetDict({"documents": world["documents"], "qa": qa})
+
+
 def world_hash(path: str | Path) -> str:
     """Hash of a world directory's data files: names the exact facts a run was trained on."""
     from posttrain.lineage import folder_hash
@@ -612,7 +629,7 @@ def answer_sentence(row: dict) -> str:
     return f"{row['name']}: {row['answer']}." if row.get("name") else row["answer"]
 
 
-def _states(sentence: str, answer: str, name: str) -> bool:
+def states(sentence: str, answer: str, name: str) -> bool:
     """The answer as whole words ("Euro" is not in "Europe") somewhere other than inside the name itself (the
     name may be part of the answer: Mexico City)."""
     inside = [(m.start(), m.end()) for m in re.finditer(re.escape(name), sentence)]
@@ -636,7 +653,7 @@ def fact_sentences(world: DatasetDict, names: dict[str, str]) -> dict[tuple[str,
         name = names.get(pid)
         for sentence in re.split(r"(?<=[.!?])\s+", text) if name and pid in answers else ():
             for attr, ans in answers[pid]:
-                if (pid, attr) not in out and name in sentence and _states(sentence, ans, name):
+                if (pid, attr) not in out and name in sentence and states(sentence, ans, name):
                     out[(pid, attr)] = sentence.strip()
     return out
 

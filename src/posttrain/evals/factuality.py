@@ -22,12 +22,13 @@ from posttrain.decline import ABSTAIN_LINE, SCORE_LINE
 from posttrain.errors import UserError
 from posttrain.evals import compare
 from posttrain.evals.grading import CORRECT, NOT_ATTEMPTED, extract_answer, grade, normalize
-from posttrain.evals.metrics import auroc, bucket_metrics, clean, ece, reliability_bins
+from posttrain.evals.metrics import auroc, bucket_metrics, clean, ece, rater_agreement, reliability_bins
 from posttrain.generation import auto_batch_size, generate, load_for_generation
 from posttrain.lineage import atomic_write_text
 from posttrain.plots import reliability_diagram
 from posttrain.report import build_report
 from posttrain.runtime import process_state
+from posttrain.tools import CITATION
 
 GENERIC_SHOTS = [
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -56,6 +57,7 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
                 "answers": list(dict.fromkeys([r["answer"], *r["aliases"]])),
                 "bucket": world_lib.EVAL_BUCKETS[r["split"]],
                 "candidates": by_attr[r["attribute"]],
+                "attribute": r["attribute"],
             }
             for r in qa
             if r["split"] in world_lib.EVAL_BUCKETS
@@ -66,6 +68,87 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
     if not rows:
         raise UserError(f"{eval_set}: no evaluation questions")
     return _subsample(rows, seed, max_per_bucket), shots
+
+
+class Search:
+    """The search tool of an eval: the index, the callable the chat template lists, and its schema."""
+
+    def __init__(self, index, tokenizer):
+        from posttrain.tools import search_tool
+
+        self.index = index
+        self.fn = search_tool(index, tokenizer=tokenizer)
+
+
+def search_for(cfg, tokenizer, style: str) -> Search:
+    """The eval's search tool over the run's index (CONTRACTS §5 `tool`); the tokenizer learns to parse calls."""
+    from posttrain.chat_template import enable_tools
+    from posttrain.tools import SearchIndex, run_index
+
+    if style != "chat":
+        raise UserError(f"{cfg.model}: --tools search needs a chat model (this one is asked with few-shot prompts)")
+    enable_tools(tokenizer)
+    if cfg.search_index:
+        return Search(SearchIndex.load(cfg.search_index), tokenizer)
+    world_dir = _world_dir(Path(cfg.eval_set))
+    if world_dir is None:
+        raise UserError(f"{cfg.eval_set}: --tools search needs a run or world directory, or --search_index")
+    run_dir = world_dir.parent if world_dir.name == "world" else world_dir  # a bare world keeps its index inside
+    return Search(run_index(run_dir, world_dir), tokenizer)
+
+
+def answer_with_search(model, tokenizer, conversations: list, search: Search, cfg, batch_size: int):
+    """Greedy answers where the model may first call search once: generate with the tool listed; run each call
+    (parsed with the tokenizer's response template); generate the final answer after the tool's turn. Returns the
+    final generations and, per question, the search trace (query, the documents it returned)."""
+    from posttrain.tools import citations, parse_reply, tool_call
+
+    def rendered(messages):
+        return tokenizer.apply_chat_template(messages, tools=[search.fn], tokenize=False, add_generation_prompt=True)
+
+    kw = {"max_new_tokens": cfg.max_new_tokens, "batch_size": batch_size, "precision": cfg.mixed_precision}
+    first, _ = generate(model, tokenizer, [rendered(c) for c in conversations], desc="eval (search: first turn)", **kw)
+    final, trace, again = list(first), [], {}
+    for i, (conv, gen) in enumerate(zip(conversations, first)):
+        calls = parse_reply(tokenizer, gen.text).get("tool_calls") or []
+        query = str((calls[0].get("function", {}).get("arguments") or {}).get("query", "")) if calls else None
+        result = search.fn(query) if calls else None
+        trace.append({"searched": bool(calls), "query": query,
+                      "found": citations(result or "") if calls else []})  # fmt: skip
+        if calls:
+            again[i] = rendered([*conv, tool_call(query), {"role": "tool", "name": "search", "content": result}])
+    if again:
+        second, _ = generate(model, tokenizer, list(again.values()), desc="eval (search: answer)", **kw)
+        for i, gen in zip(again, second):
+            reply = parse_reply(tokenizer, gen.text)
+            final[i] = type(gen)(reply.get("content") or "", gen.mean_token_prob, gen.decline_prob, gen.decline_margin)
+    for t, gen in zip(trace, final):
+        t["cited"] = citations(gen.text)
+    return final, trace
+
+
+def tool_metrics(records: list[dict], index) -> dict:
+    """CONTRACTS §5 `tool`: searches per question by bucket, and citation precision — the share of answers citing
+    a document whose cited document states the answer (any accepted form, as the grader normalises)."""
+    by_bucket = defaultdict(list)
+    for r in records:
+        by_bucket[r["bucket"]].append(r["searched"])
+    cited = [r for r in records if r.get("cited")]
+    ok = [any(any(normalize(a) in normalize(index.by_id.get(d, "")) for a in r["answers"]) for d in r["cited"])
+          for r in cited]  # fmt: skip
+    return {"name": "search", "searches_per_question": {b: sum(v) / len(v) for b, v in by_bucket.items()},
+            "citation_precision": sum(ok) / len(ok) if ok else None, "cited_answers": len(cited),
+            "answers_citing_a_searched_document": sum(bool(set(r["cited"]) & set(r["found"])) for r in cited)}  # fmt: skip
+
+
+def held_out(eval_set: str) -> dict:
+    """The kinds of fact the world kept out of training (`holdout_attributes`, from its lineage), for the JSON."""
+    world_dir = _world_dir(Path(eval_set))
+    lineage = world_dir / "lineage.json" if world_dir else None
+    if lineage is None or not lineage.is_file():
+        return {}
+    kinds = json.loads(lineage.read_text()).get("summary", {}).get("held_out_attributes")
+    return {"held_out_attributes": kinds} if kinds else {}
 
 
 def world_shots(world, seed: int = 0, n: int = 3) -> list[tuple[str, str]]:
@@ -109,6 +192,7 @@ def _load_qa_dataset(eval_set: str, split: str) -> list[dict]:
                 "answers": list(dict.fromkeys([str(r["answer"]), *map(str, aliases)])),
                 "bucket": r.get("bucket") or "all",
                 "candidates": [],
+                **({"attribute": r["attribute"]} if r.get("attribute") else {}),
             }
         )
     return rows
@@ -149,16 +233,17 @@ def score(rows: list[dict], greedy, samples) -> list[dict]:
     """Grade each greedy answer; confidence = share of sampled answers that agree with it."""
     records = []
     for r, g, s in zip(rows, greedy, samples):
-        answer = extract_answer(g.text)
+        answer = extract_answer(CITATION.sub("", g.text).replace(" .", "."))
         key = normalize(answer)
         agree = sum(normalize(extract_answer(x)) == key for x in s) / len(s) if s else None
         records.append(
             {
                 "question": r["question"],
                 "bucket": r["bucket"],
+                **({"attribute": r["attribute"]} if "attribute" in r else {}),
                 "answers": r["answers"],
                 "response": answer,
-                "grade": grade(g.text, r["answers"], r["candidates"]),
+                "grade": grade(CITATION.sub("", g.text), r["answers"], r["candidates"]),
                 "confidence": agree,
                 "token_prob": g.mean_token_prob,
                 "decline_score": g.decline_prob,
@@ -183,6 +268,12 @@ def summarize(records: list[dict], model: str, eval_set: str, extra: dict | None
     )
     result = {"model": model, "eval_set": eval_set, "buckets": {b: bucket_metrics(buckets[b]) for b in order}}
     result["buckets"]["overall"] = bucket_metrics([rec["grade"] for rec in records])
+    by_attr = defaultdict(list)  # answerable questions (known + rare) per kind of fact
+    for rec in records:
+        if rec.get("attribute") and rec["bucket"] != "never_seen":
+            by_attr[rec["attribute"]].append(rec["grade"])
+    if len(by_attr) > 1:
+        result["attributes"] = {a: bucket_metrics(g) for a, g in sorted(by_attr.items())}
     attempted = [rec for rec in records if rec["grade"] != NOT_ATTEMPTED]
     ok = [rec["grade"] == CORRECT for rec in attempted]
     conf = [rec["confidence"] for rec in attempted if rec["confidence"] is not None]
@@ -214,8 +305,19 @@ def markdown_table(result: dict) -> str:
             f"| {name} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | {m['not_attempted']:.3f} | "
             f"{m['correct_given_attempted']:.3f} | {m['f_score']:.3f} | {m['penalty_t0.75']:.3f} |"
         )
+    held_out = set(result.get("held_out_attributes", []))
+    for name, m in result.get("attributes", {}).items():
+        tag = " (held out of training)" if name in held_out else ""
+        lines.append(f"| known + rare: {name}{tag} | {m['n']} | {m['correct']:.3f} | {m['incorrect']:.3f} | "
+                     f"{m['not_attempted']:.3f} | {m['correct_given_attempted']:.3f} | {m['f_score']:.3f} | "
+                     f"{m['penalty_t0.75']:.3f} |")  # fmt: skip
     cal = result["calibration"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    if result.get("tool"):
+        t = result["tool"]
+        per = ", ".join(f"{b} {v:.2f}" for b, v in t["searches_per_question"].items())
+        lines.append(f"\nWith the search tool: searches per question {per}; citation precision "
+                     f"{fmt(t['citation_precision'])} over {t['cited_answers']} cited answers")  # fmt: skip
     lines.append(f"\nCalibration (attempted answers): AUROC {fmt(cal['auroc'])}, ECE {fmt(cal['ece'])}")
     for key, who in (("vs_parent", "the parent"), ("vs_base", "the base")):
         vs = result.get(key)
@@ -244,8 +346,9 @@ def apply_judge(records: list[dict], judge_dir: str, device, batch_size: int) ->
     grades = judge_grades(model, tokenizer, rows, [r["response"] for r in records], batch_size)
     for rec, g in zip(records, grades):
         rec["exact_grade"], rec["grade"] = rec["grade"], g
-    agree = sum(r["grade"] == r["exact_grade"] for r in records) / max(1, len(records))
-    return {"grader": f"judge:{judge_dir}", "judge_agreement_with_exact": agree}
+    agreement = rater_agreement([r["grade"] for r in records], [r["exact_grade"] for r in records])
+    return {"grader": f"judge:{judge_dir}", "judge_agreement_with_exact": agreement["accuracy"],
+            "judge_vs_exact": agreement}  # fmt: skip
 
 
 def run(cfg, model=None, tokenizer=None) -> dict | None:
@@ -263,21 +366,31 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     torch.manual_seed(cfg.seed + state.process_index)
     batch_size = cfg.batch_size or auto_batch_size(model, 512 + cfg.max_new_tokens, cfg.num_samples)
 
+    search = search_for(cfg, tokenizer, style) if cfg.tools else None
     with state.split_between_processes(list(range(len(rows)))) as mine:
-        greedy, samples = generate(
-            model, tokenizer, [prompts[i] for i in mine], max_new_tokens=cfg.max_new_tokens,
-            num_samples=cfg.num_samples, temperature=cfg.temperature, batch_size=batch_size,
-            stop_strings=["\n"] if style == "fewshot" else None, desc=f"eval ({style})",
-            precision=cfg.mixed_precision,
-        )  # fmt: skip
+        if search is not None:  # greedy answers after at most one search; no samples (calibration is not the point)
+            greedy, trace = answer_with_search(model, tokenizer, [prompts[i] for i in mine], search, cfg, batch_size)
+            samples = [[] for _ in greedy]
+        else:
+            greedy, samples = generate(
+                model, tokenizer, [prompts[i] for i in mine], max_new_tokens=cfg.max_new_tokens,
+                num_samples=cfg.num_samples, temperature=cfg.temperature, batch_size=batch_size,
+                stop_strings=["\n"] if style == "fewshot" else None, desc=f"eval ({style})",
+                precision=cfg.mixed_precision,
+            )  # fmt: skip
         records = score([rows[i] for i in mine], greedy, samples)
+        if search is not None:
+            records = [{**rec, **t} for rec, t in zip(records, trace)]
     records = gather_object(records)
     if not state.is_main_process:
         return None
 
-    extra = {"prompt": style, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "grader": "exact"}
+    extra = {"prompt": style, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "grader": "exact",
+             **held_out(cfg.eval_set)}  # fmt: skip
     if cfg.judge:
         extra.update(apply_judge(records, cfg.judge, state.device, batch_size))
+    if search is not None:
+        extra["tool"] = tool_metrics(records, search.index)
     result, bins = summarize(records, cfg.model, cfg.eval_set, extra)
     out = Path(cfg.output)
     # reference evaluations' records, each read once (the SFT eval is often the parent or the base too)

@@ -41,6 +41,37 @@ def auroc(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
+    """Cohen's kappa of two raters' labels: (observed − chance agreement) / (1 − chance agreement); None when
+    chance agreement is already 1 (one label only). Five lines, so no scikit-learn dependency for it."""
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    chance = sum((list(a).count(lab) / n) * (list(b).count(lab) / n) for lab in set(a) | set(b))
+    return None if chance >= 1 else (observed - chance) / (1 - chance)
+
+
+def rater_agreement(judge: Sequence[str], reference: Sequence[str]) -> dict:
+    """How a judge's grades agree with reference grades: accuracy and Cohen's kappa over all labels, and per
+    label (that label against the rest) the kappa, the judge's precision and recall and both raters' shares."""
+    n = len(judge)
+    out = {"n": n, "accuracy": sum(x == y for x, y in zip(judge, reference)) / n if n else None,
+           "kappa": cohen_kappa(judge, reference), "per_label": {}}  # fmt: skip
+    for lab in (CORRECT, INCORRECT, NOT_ATTEMPTED):
+        j = [x == lab for x in judge]
+        r = [y == lab for y in reference]
+        both = sum(x and y for x, y in zip(j, r))
+        out["per_label"][lab] = {
+            "judge_share": sum(j) / n if n else None,
+            "reference_share": sum(r) / n if n else None,
+            "precision": both / sum(j) if sum(j) else None,
+            "recall": both / sum(r) if sum(r) else None,
+            "kappa": cohen_kappa(j, r),
+        }
+    return out
+
+
 def reliability_bins(confidence: Sequence[float], correct: Sequence[bool], n_bins: int = 10) -> list[dict]:
     bins = [{"lo": k / n_bins, "hi": (k + 1) / n_bins, "n": 0, "conf": 0.0, "acc": 0.0} for k in range(n_bins)]
     for c, y in zip(confidence, correct):
