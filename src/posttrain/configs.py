@@ -419,6 +419,14 @@ class FactualityConfig:
                   "adds `vs_base`, the same comparison against it — refusal where *that* model was wrong vs right, "
                   "before (the parent's own vs_parent) and after RL."},
     )  # fmt: skip
+    tools: str | None = field(
+        default=None,
+        metadata={"help": "search: the model may call search(query) over the run's corpus before it answers "
+                  "(chat models; adds `tool` to the JSON: searches per question, citation precision)."},
+    )  # fmt: skip
+    search_index: str | None = field(
+        default=None, metadata={"help": "The index to search; default <run_dir>/search_index (built when missing)."}
+    )
 
     def __post_init__(self):
         for name in ("model", "eval_set", "output"):
@@ -426,6 +434,10 @@ class FactualityConfig:
                 raise UserError(f"--{name} is required")
         if self.prompt not in ("auto", "chat", "fewshot"):
             raise UserError(f"prompt must be auto, chat or fewshot, got '{self.prompt}'")
+        if self.tools not in (None, "search"):
+            raise UserError(f"tools must be search (or unset), got '{self.tools}'")
+        if self.tools and self.prompt == "fewshot":
+            raise UserError("tools need a chat model: --tools search cannot go with --prompt fewshot")
         check_precision(self.mixed_precision)
 
 
