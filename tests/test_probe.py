@@ -155,6 +155,12 @@ def test_own_answers_as_known_targets_end_after_the_sentence_that_gives_the_answ
     assert own[1]["target"] == "It is the JPY.", "right by an alias: the whole (complete) answer"
     assert own[2]["target"] == own[3]["target"] == template[2]["target"], "a wrong greedy answer: the world's sentence"
     assert all(t["label"] == "known" for t in own) and template[0]["target"] != own[0]["target"]
+    # greedy labels: what the greedy answer got, whatever the samples say (here all four samples were right)
+    greedy = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5, greedy=True), known_targets="own")
+    assert [t["label"] for t in greedy] == ["known", "known", "mixed", "mixed"], "wrong greedy, right samples: mixed"
+    wrong = probe.judge_samples([q], [["The dollar.", "Pounds."]], greedy=["The yen."])
+    assert probe.LabelRule(0.5, 0.0, 0.5, greedy=True)(wrong[0]) == "known"
+    assert probe.LabelRule(0.5, 0.0, 0.5)(wrong[0]) == "unknown", "the sample rule calls it unknown"
 
 
 def test_confident_unknowns_lose_their_refusal_targets_but_strangers_keep_theirs():

@@ -689,7 +689,8 @@ class ProbeConfig(RunArguments):
     label_rule: str = field(
         default="threshold",
         metadata={"help": "threshold: known_min / unknown_max / wrong_min / mixed decide each question's target | "
-                  "sampled: answer with probability p_correct, else decline (proper labels in expectation)."},
+                  "sampled: answer with probability p_correct, else decline (proper labels in expectation) | "
+                  "greedy: known where the greedy answer is right, unknown where it and the samples are wrong."},
     )  # fmt: skip
     decline_token: bool = field(
         default=False,
@@ -743,8 +744,8 @@ class ProbeConfig(RunArguments):
 
     def __post_init__(self):
         check_precision(self.mixed_precision)
-        if self.label_rule not in ("threshold", "sampled"):
-            raise UserError(f"label_rule must be threshold or sampled, got '{self.label_rule}'")
+        if self.label_rule not in ("threshold", "sampled", "greedy"):
+            raise UserError(f"label_rule must be threshold, sampled or greedy, got '{self.label_rule}'")
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
         if self.refusal_style not in ("early", "late", "auto"):

@@ -224,16 +224,21 @@ LABELS = (KNOWN, UNKNOWN, MIXED, ABSTAINED)
 
 @dataclass
 class LabelRule:
-    """known: p_correct ≥ known_min; unknown: p_correct ≤ unknown_max and p_wrong ≥ wrong_min (consistently
+    """known: p_correct ≥ known_min (with `greedy`: the greedy answer is right — what a greedy eval asks; samples at
+    T = 1 of a small model are right less often than its greedy answer, docs/LOG.md 2026-12-06); unknown: p_correct ≤ unknown_max and p_wrong ≥ wrong_min (consistently
     informative and incorrect); abstained: p_correct ≤ unknown_max and most samples decline (a re-probed refusal
     model: an abstention is counted as one, not as a wrong answer); everything else mixed."""
 
     known_min: float = 0.75
     unknown_max: float = 0.0
     wrong_min: float = 0.5
+    greedy: bool = False  # known where the greedy answer is right; unknown only where it is wrong too
 
     def __call__(self, row: dict) -> str:
-        if row["p_correct"] >= self.known_min:
+        if self.greedy and "correct" in row:
+            if row["correct"]:
+                return KNOWN
+        elif row["p_correct"] >= self.known_min:
             return KNOWN
         if row["p_correct"] <= self.unknown_max and row["p_wrong"] >= self.wrong_min:
             return UNKNOWN
@@ -506,7 +511,7 @@ def search_data(cfg, targets: list[dict], world_dir: str, tokenizer) -> list[dic
 def training_data(cfg, judged: list[dict], world_dir: str):
     """Step 6: labels and targets, refusal SFT conversations (plus a share of ordinary SFT conversations, so the
     model keeps its chat skills), preference pairs, and the summary numbers."""
-    rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min)
+    rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min, greedy=cfg.label_rule == "greedy")
     targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style, cfg.known_targets)
     extra = {}
     if cfg.confident_unknowns == "skip":
