@@ -70,6 +70,9 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
     return _subsample(rows, seed, max_per_bucket), shots
 
 
+TOOL_CALL_TOKENS = 64  # room for a tool call's JSON in the first turn, beyond the answer's max_new_tokens
+
+
 class Search:
     """The search tool of an eval: the index, the callable the chat template lists, and its schema."""
 
@@ -106,8 +109,10 @@ def answer_with_search(model, tokenizer, conversations: list, search: Search, cf
     def rendered(messages):
         return tokenizer.apply_chat_template(messages, tools=[search.fn], tokenize=False, add_generation_prompt=True)
 
-    kw = {"max_new_tokens": cfg.max_new_tokens, "batch_size": batch_size, "precision": cfg.mixed_precision}
-    first, _ = generate(model, tokenizer, [rendered(c) for c in conversations], desc="eval (search: first turn)", **kw)
+    kw = {"batch_size": batch_size, "precision": cfg.mixed_precision}
+    # the first turn may be a call: its JSON takes ~56 tokens of a small world tokenizer (31 of SmolLM2's) on top
+    first, _ = generate(model, tokenizer, [rendered(c) for c in conversations], desc="eval (search: first turn)",
+                        max_new_tokens=cfg.max_new_tokens + TOOL_CALL_TOKENS, **kw)  # fmt: skip
     final, trace, again = list(first), [], {}
     for i, (conv, gen) in enumerate(zip(conversations, first)):
         calls = parse_reply(tokenizer, gen.text).get("tool_calls") or []
@@ -118,7 +123,8 @@ def answer_with_search(model, tokenizer, conversations: list, search: Search, cf
         if calls:
             again[i] = rendered([*conv, tool_call(query), {"role": "tool", "name": "search", "content": result}])
     if again:
-        second, _ = generate(model, tokenizer, list(again.values()), desc="eval (search: answer)", **kw)
+        second, _ = generate(model, tokenizer, list(again.values()), desc="eval (search: answer)",
+                             max_new_tokens=cfg.max_new_tokens, **kw)  # fmt: skip
         for i, gen in zip(again, second):
             reply = parse_reply(tokenizer, gen.text)
             final[i] = type(gen)(reply.get("content") or "", gen.mean_token_prob, gen.decline_prob, gen.decline_margin)
