@@ -43,3 +43,5 @@ def test_chat_bad_model_path_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run([sys.executable, "-m", "posttrain.chat", "--model", str(tmp_path / "empty")])
     assert_one_line_error(proc, "not a model directory")
+    proc = run([sys.executable, "-m", "posttrain.chat", "--model", str(tmp_path / "empty"), "--tools", "web"])
+    assert_one_line_error(proc, "tools must be search")

@@ -3,6 +3,8 @@
 Multi-turn, tokens streamed as they are generated (transformers' `TextStreamer`), the model's own chat template and
 generation config — so a refusal-trained model declines exactly as `evals/factuality.py` measured it (its
 `sequence_bias` on the decline token included). `/reset` starts a new conversation, `/exit` (or Ctrl-D) quits.
+`--tools search` lists the search tool (posttrain.tools) over the run's corpus: the model may call it, the call is
+run and shown in one line, and the model answers after reading the result.
 
 Why a loop of our own: transformers' `transformers chat` CLI talks to a `transformers serve` server (an extra
 process, downloads by model id); this runs in-process on a local directory, under the same bf16-where-native
@@ -36,14 +38,15 @@ def load(cfg: ChatConfig):
     return model, tokenizer
 
 
-def reply(model, tokenizer, messages: list[dict], cfg: ChatConfig) -> str:
+def reply(model, tokenizer, messages: list[dict], cfg: ChatConfig, tools: list | None = None) -> str:
     """Generate the assistant's next turn, streaming its text to stdout as it comes; returns the text."""
     from transformers import TextStreamer
 
     from posttrain.generation import eos_ids
     from posttrain.runtime import autocast, resolve_precision
 
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)  # fmt: skip
     enc = {k: v.to(model.device) for k, v in enc.items()}
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kw = {"max_new_tokens": cfg.max_new_tokens, "eos_token_id": eos_ids(model, tokenizer),
@@ -57,7 +60,7 @@ def reply(model, tokenizer, messages: list[dict], cfg: ChatConfig) -> str:
     return tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
-def chat_loop(model, tokenizer, cfg: ChatConfig, read=input) -> None:
+def chat_loop(model, tokenizer, cfg: ChatConfig, read=input, search=None) -> None:
     """Read a line, answer it, keep the conversation; `/reset` and `/exit` as in HELP."""
     start = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(start)
@@ -81,13 +84,40 @@ def chat_loop(model, tokenizer, cfg: ChatConfig, read=input) -> None:
             continue
         messages.append({"role": "user", "content": line})
         print("model> ", end="", flush=True)
-        messages.append({"role": "assistant", "content": reply(model, tokenizer, messages, cfg)})
+        messages += answer(model, tokenizer, messages, cfg, search)
+
+
+def answer(model, tokenizer, messages: list[dict], cfg: ChatConfig, search=None) -> list[dict]:
+    """The assistant's turn(s): with a search tool, a call is run (one per turn), its result shown in one line and
+    handed to the model as a `tool` turn, and the model answers after it. Returns the messages to append."""
+    from posttrain.tools import citations, parse_reply, tool_call
+
+    tools = [search] if search else None
+    text = reply(model, tokenizer, messages, cfg, tools)
+    calls = (parse_reply(tokenizer, text).get("tool_calls") or []) if search else []
+    if not calls:
+        return [{"role": "assistant", "content": text}]
+    query = str((calls[0].get("function", {}).get("arguments") or {}).get("query", ""))
+    result = search(query)
+    print(f"[search {query!r}: {', '.join(f'doc {d}' for d in citations(result)) or 'nothing found'}]", flush=True)
+    turns = [tool_call(query), {"role": "tool", "name": "search", "content": result}]
+    print("model> ", end="", flush=True)
+    return [*turns, {"role": "assistant", "content": reply(model, tokenizer, [*messages, *turns], cfg, tools)}]
 
 
 def main() -> None:
     (cfg,) = parse_config(ChatConfig)
     model, tokenizer = load(cfg)
-    chat_loop(model, tokenizer, cfg)
+    search = None
+    if cfg.tools == "search":  # the run's index: <run>/search_index beside <run>/<stage>, or --search_index
+        from posttrain.chat_template import enable_tools
+        from posttrain.tools import SearchIndex, run_index, search_tool
+
+        enable_tools(tokenizer)
+        run_dir = Path(cfg.model).resolve().parent
+        index = SearchIndex.load(cfg.search_index) if cfg.search_index else run_index(run_dir, run_dir / "world")
+        search = search_tool(index, tokenizer=tokenizer)
+    chat_loop(model, tokenizer, cfg, search=search)
 
 
 if __name__ == "__main__":

@@ -387,6 +387,14 @@ class ChatConfig:
     )
     temperature: float | None = field(default=None, metadata={"help": "With --do_sample (default: the model's)."})
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 where native) | no | bf16."})
+    tools: str | None = field(default=None, metadata={"help": "search: let the model search the run's corpus."})
+    search_index: str | None = field(
+        default=None, metadata={"help": "The index for --tools search; default <run_dir>/search_index."}
+    )
+
+    def __post_init__(self):
+        if self.tools not in (None, "search"):
+            raise UserError(f"tools must be search (or unset), got '{self.tools}'")
 
 
 @dataclass
