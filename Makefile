@@ -9,7 +9,8 @@ WORLD  ?=
 ARGS   ?=
 RUN_DIR ?= runs/$(RUN)
 # RECIPES=world (default): the embedded world from scratch. RECIPES=smollm2: post-train the packaged
-# SmolLM2-135M-Instruct on a quarter-size world (SFT → probe → refusal → GRPO), no pretraining.
+# SmolLM2-135M-Instruct on the real-fact world (probe of its own answers → refusal → GRPO; no SFT, which narrowed it
+# to the trained question kinds: recipes/smollm2/sft.yaml runs it by hand), no pretraining.
 RECIPES ?= world
 # Training stages continue from their newest checkpoint when there is one (a rerun after a kill picks up where
 # it stopped; a rerun of a finished run redoes only the steps after its last checkpoint). RESUME= starts them afresh
@@ -64,8 +65,7 @@ ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/world.py --config recipes/smollm2/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) -m posttrain.smollm2 --output_dir $(RUN_DIR)/base
 	$(VPY) evals/factuality.py --model $(RUN_DIR)/base --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/base.json --max_per_bucket 100 --num_samples 2 $(EVAL_ARGS)
-	$(VPY) recipes/sft.py --config recipes/smollm2/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
-	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) $(ARGS) $(PROBE_ARGS)
+	$(VPY) recipes/probe.py --config recipes/smollm2/probe.yaml --run_dir $(RUN_DIR) --model $(RUN_DIR)/base $(ARGS) $(PROBE_ARGS)
 	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS)
 	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/sft.py --config recipes/smollm2/search.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_ARGS))
 	$(if $(filter 1,$(SEARCH)),$(VPY) evals/factuality.py --model $(RUN_DIR)/search --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/search_no_tool.json --max_per_bucket 100 --num_samples 0 $(EVAL_ARGS))

