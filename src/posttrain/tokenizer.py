@@ -35,7 +35,7 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>system\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
     "{{- 'Tools:' }}{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
-    "{{- '\nTo call one, reply <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.<|im_end|>\n' }}"
+    '{{- \'\nTo call one, reply <tool_call>{"name": ..., "arguments": {...}}</tool_call>.<|im_end|>\n\' }}'
     "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if tools and loop.first and message['role'] == 'system' %}"
