@@ -105,7 +105,7 @@ def test_search_stage_end_to_end(tiny_run, tmp_path):
     run_dir = random_base(tiny_run, tmp_path / "run")
     assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
     assert_ok(recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
-                     "--max_new_tokens", "6", "--gate_baselines", "false"))  # fmt: skip
+                     "--max_new_tokens", "6", "--gate_baselines", "false", "--search_sft", "true"))  # fmt: skip
     stats = json.loads((run_dir / "probe" / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "probe" / "search_sft.jsonl").read_text().splitlines()]
     assert len(rows) == stats["search_sft"] > 0 and (run_dir / "search_index" / "docs.jsonl").is_file()

@@ -736,9 +736,10 @@ class ProbeConfig(RunArguments):
         default=0.8, metadata={"help": "confident_unknowns: share of right answers at or above the level."}
     )
     search_sft: bool = field(
-        default=True,
+        default=False,
         metadata={"help": "Also write probe/search_sft.jsonl: known → answer, else search → answer citing the "
-                  "document, or decline when none states it (the search stage's data; needs a world)."},
+                  "document, or decline when none states it (the search stage's data; needs a world; make "
+                  "speedrun SEARCH=1 turns it on)."},
     )  # fmt: skip
     sft_share: float = field(
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
