@@ -220,12 +220,14 @@ def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
     """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
     evals = Path(cfg.run_dir) / "eval"
     parent_eval = evals / f"{cfg.parent}.json"
-    base_eval = evals / "sft.json"  # RL stages: also against the SFT model, the reference the refusal stage used
+    # RL stages: also against the SFT model, the reference the refusal stage used — or, in a family without SFT
+    # (recipes/smollm2/), the base model the refusal stage started from
+    base_eval = evals / "sft.json" if (evals / "sft.json").is_file() else evals / "base.json"
     fcfg = FactualityConfig(
         model=str(cfg.export_dir), eval_set=world_dir, output=str(evals / f"{cfg.stage}.json"),
         prompt="chat", max_per_bucket=cfg.eval_max_per_bucket, num_samples=cfg.eval_num_samples, seed=cfg.seed,
         mixed_precision=precision_of(cfg), tools=getattr(cfg, "eval_tools", None),
         parent_eval=str(parent_eval) if parent_eval.is_file() else None,
-        base_eval=str(base_eval) if base_eval.is_file() and cfg.parent not in ("sft", "pretrain") else None,
+        base_eval=str(base_eval) if base_eval.is_file() and cfg.parent not in ("sft", "pretrain", base_eval.stem) else None,
     )  # fmt: skip
     return factuality.run(fcfg, model=model, tokenizer=tokenizer)

@@ -406,8 +406,11 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
         if path and str(Path(path).resolve()) in refs:
             ref = json.loads(Path(path).read_text())
             result[key] = compare.versus_parent(ref, result, refs[str(Path(path).resolve())], records)
-    if style == "chat":  # the decline ranking against the SFT model's mistakes (itself, for the SFT eval)
+    if style == "chat":  # the decline ranking against the SFT model's mistakes (itself, for the SFT eval; the base
+        # model's where a family has no SFT stage, recipes/smollm2/)
         sft = records if out.stem == "sft" else refs.get(str(out.with_name("sft.json").resolve()))
+        if sft is None and not out.with_name("sft.json").is_file():
+            sft = refs.get(str(out.with_name("base.json").resolve()))
         own = any(r.get("decline_score") is not None for r in records)
         result["decline"] = compare.decline_block(records, sft, SCORE_LINE if own else ABSTAIN_LINE)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
