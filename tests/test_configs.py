@@ -87,6 +87,7 @@ def _stage_classes(stem: str):
     return {
         "world": (WorldConfig,), "tokenizer": (TokenizerConfig,), "pretrain": (PretrainConfig,),
         "sft": (SFTStageConfig, ModelConfig), "refusal": (SFTStageConfig, ModelConfig), "probe": (ProbeConfig,),
+        "search": (SFTStageConfig, ModelConfig),
         "reward": (RewardStageConfig, ModelConfig), "dpo": (DPOStageConfig, ModelConfig),
         "grpo": (GRPOStageConfig, ModelConfig), "ppo": (PPOStageConfig,),
     }[stem.split("_")[0]]  # fmt: skip

@@ -117,7 +117,8 @@ def test_optional_stages_are_one_flag_each():
 def test_smollm2_family_is_one_switch():
     plan = run(["make", "-n", "speedrun", "VENV=.venv", "RECIPES=smollm2", "RUN=sm"]).stdout
     assert "-m posttrain.smollm2 --output_dir runs/sm/base" in plan and "--output runs/sm/eval/base.json" in plan
-    assert "recipes/smollm2/sft.yaml" in plan and "recipes/smollm2/refusal.yaml" in plan
+    assert "recipes/smollm2/probe.yaml --run_dir runs/sm --model runs/sm/base" in plan, "it probes the model itself"
+    assert "recipes/smollm2/sft.yaml" not in plan and "recipes/smollm2/refusal.yaml" in plan
     assert "recipes/grpo.py --config recipes/smollm2/grpo.yaml" in plan
     assert "recipes/pretrain.py" not in plan and "recipes/world/" not in plan
 

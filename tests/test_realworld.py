@@ -107,6 +107,8 @@ def test_smollm2_recipes_run_on_the_real_fact_world(converted, tmp_path):
                      timeout=600))  # fmt: skip
     refusal = json.loads((run_dir / "eval" / "refusal.json").read_text())
     assert set(refusal["buckets"]) == {"known", "rare", "never_seen", "overall"}
-    assert refusal["vs_parent"]["parent"] == str(run_dir / "base") and refusal["held_out_attributes"] == ["currency"]
+    assert refusal["held_out_attributes"] == ["currency"]
+    lineage = json.loads((run_dir / "refusal" / "lineage.json").read_text())
+    assert lineage["parents"]["model"]["path"] == str(run_dir / "base"), "the refusal trains the packaged model"
     gen = json.loads((run_dir / "refusal" / "generation_config.json").read_text())
     assert gen.get("sequence_bias"), "the operating point is saved for plain generate"
