@@ -90,17 +90,16 @@ def chat_loop(model, tokenizer, cfg: ChatConfig, read=input, search=None) -> Non
 def answer(model, tokenizer, messages: list[dict], cfg: ChatConfig, search=None) -> list[dict]:
     """The assistant's turn(s): with a search tool, a call is run (one per turn), its result shown in one line and
     handed to the model as a `tool` turn, and the model answers after it. Returns the messages to append."""
-    from posttrain.tools import citations, parse_reply, tool_call
+    from posttrain.tools import called_query, citations, search_turns
 
     tools = [search] if search else None
     text = reply(model, tokenizer, messages, cfg, tools)
-    calls = (parse_reply(tokenizer, text).get("tool_calls") or []) if search else []
-    if not calls:
+    query = called_query(tokenizer, text) if search else None
+    if query is None:
         return [{"role": "assistant", "content": text}]
-    query = str((calls[0].get("function", {}).get("arguments") or {}).get("query", ""))
     result = search(query)
     print(f"[search {query!r}: {', '.join(f'doc {d}' for d in citations(result)) or 'nothing found'}]", flush=True)
-    turns = [tool_call(query), {"role": "tool", "name": "search", "content": result}]
+    turns = search_turns(query, result)
     print("model> ", end="", flush=True)
     return [*turns, {"role": "assistant", "content": reply(model, tokenizer, [*messages, *turns], cfg, tools)}]
 

@@ -34,7 +34,6 @@ def prepare_chat(model, tokenizer, assistant_only_loss: bool = True) -> list[str
     if not template:
         tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, END_OF_TURN]})
         tokenizer.chat_template = CHAT_TEMPLATE
-        tokenizer.response_template = RESPONSE_TEMPLATE
         changes.append("added posttrain's ChatML chat template and its tokens")
     elif assistant_only_loss and not has_generation_markers(template):
         patched = get_training_chat_template(tokenizer) if not _is_chatml(template) else None
@@ -46,9 +45,9 @@ def prepare_chat(model, tokenizer, assistant_only_loss: bool = True) -> list[str
                 "assistant_only_loss needs; set assistant_only_loss: false or give chat_template_path"
             )
         tokenizer.chat_template = patched
-        if patched == CHAT_TEMPLATE:
-            tokenizer.response_template = RESPONSE_TEMPLATE
         changes.append("chat template swapped for a training template with {% generation %} markers")
+    if tokenizer.chat_template == CHAT_TEMPLATE:  # ours, however it got there: parse_response reads its tool calls
+        tokenizer.response_template = RESPONSE_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD})
         changes.append(f"added pad token {PAD}")

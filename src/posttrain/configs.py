@@ -177,6 +177,12 @@ def check_precision(value: str) -> None:
         raise UserError(f"mixed_precision must be auto, no, bf16 or fp16, got '{value}'")
 
 
+def check_tools(value: str | None, name: str = "tools") -> None:
+    """The tools a model may call: search (posttrain.tools) or none."""
+    if value not in (None, "search"):
+        raise UserError(f"{name} must be search (or unset), got '{value}'")
+
+
 @dataclass
 class HubPush:
     """Push the stage's exported folder to the Hub when it is done (posttrain.hub): a model card from the lineage
@@ -393,8 +399,7 @@ class ChatConfig:
     )
 
     def __post_init__(self):
-        if self.tools not in (None, "search"):
-            raise UserError(f"tools must be search (or unset), got '{self.tools}'")
+        check_tools(self.tools)
 
 
 @dataclass
@@ -442,8 +447,7 @@ class FactualityConfig:
                 raise UserError(f"--{name} is required")
         if self.prompt not in ("auto", "chat", "fewshot"):
             raise UserError(f"prompt must be auto, chat or fewshot, got '{self.prompt}'")
-        if self.tools not in (None, "search"):
-            raise UserError(f"tools must be search (or unset), got '{self.tools}'")
+        check_tools(self.tools)
         if self.tools and self.prompt == "fewshot":
             raise UserError("tools need a chat model: --tools search cannot go with --prompt fewshot")
         check_precision(self.mixed_precision)
@@ -579,6 +583,7 @@ class SFTStageConfig(TrainerStage, SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_tools(self.eval_tools, "eval_tools")  # before training, not in the eval after it
         if self.confidence_target is not None and not 0 < self.confidence_target < 1:
             raise UserError(f"confidence_target must be in (0, 1), got {self.confidence_target}")
         if self.keep_right is not None and not 0 < self.keep_right <= 1:

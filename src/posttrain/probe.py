@@ -225,8 +225,8 @@ LABELS = (KNOWN, UNKNOWN, MIXED, ABSTAINED)
 @dataclass
 class LabelRule:
     """known: p_correct ≥ known_min (with `greedy`: the greedy answer is right — what a greedy eval asks; samples at
-    T = 1 of a small model are right less often than its greedy answer, docs/LOG.md 2026-12-06); unknown: p_correct ≤ unknown_max and p_wrong ≥ wrong_min (consistently
-    informative and incorrect); abstained: p_correct ≤ unknown_max and most samples decline (a re-probed refusal
+    T = 1 of a small model are right less often than its greedy answer, docs/LOG.md 2026-12-06); unknown:
+    p_correct ≤ unknown_max and p_wrong ≥ wrong_min (consistently informative and incorrect); abstained: p_correct ≤ unknown_max and most samples decline (a re-probed refusal
     model: an abstention is counted as one, not as a wrong answer); everything else mixed."""
 
     known_min: float = 0.75
@@ -396,7 +396,7 @@ def search_conversations(targets: list[dict], search_fn, ordinary: list[dict] = 
     conversations are added with the tool listed and unused, so listing it does not by itself mean searching."""
     from transformers.utils import get_json_schema
 
-    from posttrain.tools import CITATION, tool_call
+    from posttrain.tools import CITATION, search_turns
 
     tools = json.dumps([get_json_schema(search_fn)])
     out = [{"messages": c["messages"], "tools": tools} for c in ordinary]
@@ -406,13 +406,13 @@ def search_conversations(targets: list[dict], search_fn, ordinary: list[dict] = 
             out.append({"messages": [user, {"role": "assistant", "content": t["correct_answer"]}], "tools": tools})
             continue
         name = t.get("name") or ""
-        result = search_fn(name or t["question"])
+        query = name or t["question"]
+        result = search_fn(query)
         doc = next((int(m.group(1)) for line in result.splitlines() if (m := CITATION.match(line))
                     and t["answer"] and name and name in line and world_lib.states(line, t["answer"], name)), None)  # fmt: skip
         answer = t["refusal"] if doc is None else t["correct_answer"].rstrip(".") + f" [doc {doc}]."
-        out.append({"messages": [user, tool_call(name or t["question"]),
-                                 {"role": "tool", "name": "search", "content": result},
-                                 {"role": "assistant", "content": answer}], "tools": tools})  # fmt: skip
+        out.append({"messages": [user, *search_turns(query, result), {"role": "assistant", "content": answer}],
+                    "tools": tools})  # fmt: skip
     return out
 
 

@@ -138,6 +138,17 @@ def tool_call(query: str) -> dict:
             "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": query}}}]}  # fmt: skip
 
 
+def search_turns(query: str, result: str) -> list[dict]:
+    """The two turns a search adds to a conversation: the assistant's call and the tool's result."""
+    return [tool_call(query), {"role": "tool", "name": "search", "content": result}]
+
+
+def called_query(tokenizer, text: str) -> str | None:
+    """The query of the reply's first tool call (read with `parse_reply`); None when the reply calls nothing."""
+    calls = parse_reply(tokenizer, text).get("tool_calls") or []
+    return str((calls[0].get("function", {}).get("arguments") or {}).get("query", "")) if calls else None
+
+
 def parse_reply(tokenizer, text: str) -> dict:
     """The reply as a message (content and tool_calls) via the tokenizer's response template; a reply the parser
     cannot read (a malformed call) is plain content."""

@@ -28,7 +28,7 @@ from posttrain.lineage import atomic_write_text
 from posttrain.plots import reliability_diagram
 from posttrain.report import build_report
 from posttrain.runtime import process_state
-from posttrain.tools import CITATION
+from posttrain.tools import CITATION, search_tool
 
 GENERIC_SHOTS = [
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -73,18 +73,9 @@ def load_eval_set(eval_set: str, seed: int = 0, max_per_bucket: int | None = Non
 TOOL_CALL_TOKENS = 64  # room for a tool call's JSON in the first turn, beyond the answer's max_new_tokens
 
 
-class Search:
-    """The search tool of an eval: the index, the callable the chat template lists, and its schema."""
-
-    def __init__(self, index, tokenizer):
-        from posttrain.tools import search_tool
-
-        self.index = index
-        self.fn = search_tool(index, tokenizer=tokenizer)
-
-
-def search_for(cfg, tokenizer, style: str) -> Search:
-    """The eval's search tool over the run's index (CONTRACTS §5 `tool`); the tokenizer learns to parse calls."""
+def search_index_for(cfg, tokenizer, style: str):
+    """The eval's search index (`--search_index`, else the run's, built when missing; CONTRACTS §5 `tool`); the
+    tokenizer learns to render and parse calls."""
     from posttrain.chat_template import enable_tools
     from posttrain.tools import SearchIndex, run_index
 
@@ -92,22 +83,22 @@ def search_for(cfg, tokenizer, style: str) -> Search:
         raise UserError(f"{cfg.model}: --tools search needs a chat model (this one is asked with few-shot prompts)")
     enable_tools(tokenizer)
     if cfg.search_index:
-        return Search(SearchIndex.load(cfg.search_index), tokenizer)
+        return SearchIndex.load(cfg.search_index)
     world_dir = _world_dir(Path(cfg.eval_set))
     if world_dir is None:
         raise UserError(f"{cfg.eval_set}: --tools search needs a run or world directory, or --search_index")
     run_dir = world_dir.parent if world_dir.name == "world" else world_dir  # a bare world keeps its index inside
-    return Search(run_index(run_dir, world_dir), tokenizer)
+    return run_index(run_dir, world_dir)
 
 
-def answer_with_search(model, tokenizer, conversations: list, search: Search, cfg, batch_size: int):
-    """Greedy answers where the model may first call search once: generate with the tool listed; run each call
+def answer_with_search(model, tokenizer, conversations: list, search, cfg, batch_size: int):
+    """Greedy answers where the model may first call `search` once: generate with the tool listed; run each call
     (parsed with the tokenizer's response template); generate the final answer after the tool's turn. Returns the
     final generations and, per question, the search trace (query, the documents it returned)."""
-    from posttrain.tools import citations, parse_reply, tool_call
+    from posttrain.tools import called_query, citations, parse_reply, search_turns
 
     def rendered(messages):
-        return tokenizer.apply_chat_template(messages, tools=[search.fn], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tools=[search], tokenize=False, add_generation_prompt=True)
 
     kw = {"batch_size": batch_size, "precision": cfg.mixed_precision}
     # the first turn may be a call: its JSON takes ~56 tokens of a small world tokenizer (31 of SmolLM2's) on top
@@ -115,13 +106,11 @@ def answer_with_search(model, tokenizer, conversations: list, search: Search, cf
                         max_new_tokens=cfg.max_new_tokens + TOOL_CALL_TOKENS, **kw)  # fmt: skip
     final, trace, again = list(first), [], {}
     for i, (conv, gen) in enumerate(zip(conversations, first)):
-        calls = parse_reply(tokenizer, gen.text).get("tool_calls") or []
-        query = str((calls[0].get("function", {}).get("arguments") or {}).get("query", "")) if calls else None
-        result = search.fn(query) if calls else None
-        trace.append({"searched": bool(calls), "query": query,
-                      "found": citations(result or "") if calls else []})  # fmt: skip
-        if calls:
-            again[i] = rendered([*conv, tool_call(query), {"role": "tool", "name": "search", "content": result}])
+        query = called_query(tokenizer, gen.text)
+        result = search(query) if query is not None else None
+        trace.append({"searched": query is not None, "query": query, "found": citations(result or "")})
+        if query is not None:
+            again[i] = rendered([*conv, *search_turns(query, result)])
     if again:
         second, _ = generate(model, tokenizer, list(again.values()), desc="eval (search: answer)",
                              max_new_tokens=cfg.max_new_tokens, **kw)  # fmt: skip
@@ -239,7 +228,8 @@ def score(rows: list[dict], greedy, samples) -> list[dict]:
     """Grade each greedy answer; confidence = share of sampled answers that agree with it."""
     records = []
     for r, g, s in zip(rows, greedy, samples):
-        answer = extract_answer(CITATION.sub("", g.text).replace(" .", "."))
+        text = CITATION.sub("", g.text)  # an answer from search is graded without its citations
+        answer = extract_answer(text.replace(" .", "."))
         key = normalize(answer)
         agree = sum(normalize(extract_answer(x)) == key for x in s) / len(s) if s else None
         records.append(
@@ -249,7 +239,7 @@ def score(rows: list[dict], greedy, samples) -> list[dict]:
                 **({"attribute": r["attribute"]} if "attribute" in r else {}),
                 "answers": r["answers"],
                 "response": answer,
-                "grade": grade(CITATION.sub("", g.text), r["answers"], r["candidates"]),
+                "grade": grade(text, r["answers"], r["candidates"]),
                 "confidence": agree,
                 "token_prob": g.mean_token_prob,
                 "decline_score": g.decline_prob,
@@ -372,7 +362,8 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     torch.manual_seed(cfg.seed + state.process_index)
     batch_size = cfg.batch_size or auto_batch_size(model, 512 + cfg.max_new_tokens, cfg.num_samples)
 
-    search = search_for(cfg, tokenizer, style) if cfg.tools else None
+    index = search_index_for(cfg, tokenizer, style) if cfg.tools else None
+    search = search_tool(index, tokenizer=tokenizer) if index is not None else None
     with state.split_between_processes(list(range(len(rows)))) as mine:
         if search is not None:  # greedy answers after at most one search; no samples (calibration is not the point)
             greedy, trace = answer_with_search(model, tokenizer, [prompts[i] for i in mine], search, cfg, batch_size)
@@ -396,7 +387,7 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
     if cfg.judge:
         extra.update(apply_judge(records, cfg.judge, state.device, batch_size))
     if search is not None:
-        extra["tool"] = tool_metrics(records, search.index)
+        extra["tool"] = tool_metrics(records, index)
     result, bins = summarize(records, cfg.model, cfg.eval_set, extra)
     out = Path(cfg.output)
     # reference evaluations' records, each read once (the SFT eval is often the parent or the base too)
