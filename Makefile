@@ -25,7 +25,8 @@ GRPO   ?= 1
 PPO    ?= 0
 DPO    ?= 0
 # SEARCH=1: the search-when-unsure stage after the probe (recipes/<family>/search.yaml), evaluated with the tool
-# (eval/search.json) and without it (eval/search_no_tool.json). Off by default: the 15-minute budget.
+# (eval/search.json) and without it (eval/search_no_tool.json), then GRPO with the tool (search_grpo.yaml,
+# eval/search_grpo.json). Off by default: the 15-minute budget.
 SEARCH ?= 0
 
 # The torch build: a CUDA machine takes PyPI's default wheel; a machine without a GPU takes the CPU build
@@ -69,6 +70,7 @@ ifeq ($(RECIPES),smollm2)
 	$(VPY) recipes/sft.py --config recipes/smollm2/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS)
 	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/sft.py --config recipes/smollm2/search.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_ARGS))
 	$(if $(filter 1,$(SEARCH)),$(VPY) evals/factuality.py --model $(RUN_DIR)/search --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/search_no_tool.json --max_per_bucket 100 --num_samples 0 $(EVAL_ARGS))
+	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/grpo.py --config recipes/smollm2/search_grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_GRPO_ARGS))
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/smollm2/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
 else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
@@ -80,6 +82,7 @@ else
 	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS))
 	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/sft.py --config recipes/world/search.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_ARGS))
 	$(if $(filter 1,$(SEARCH)),$(VPY) evals/factuality.py --model $(RUN_DIR)/search --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/search_no_tool.json --max_per_bucket 500 --num_samples 0 $(EVAL_ARGS))
+	$(if $(filter 1,$(SEARCH)),$(VPY) recipes/grpo.py --config recipes/world/search_grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SEARCH_GRPO_ARGS))
 	$(if $(filter 1,$(REWARD)),$(VPY) recipes/reward.py --config recipes/world/reward.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REWARD_ARGS))
 	$(if $(filter 1,$(GRPO)),$(VPY) recipes/grpo.py --config recipes/world/grpo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(GRPO_ARGS))
 	$(if $(filter 1,$(PPO)),$(VPY) recipes/ppo.py --config recipes/world/ppo.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(PPO_ARGS))

@@ -59,6 +59,15 @@ def test_recipe_exits_nonzero_with_one_line(tmp_path, args, needles):
     assert not (tmp_path / "run").exists(), "a bad config writes nothing"
 
 
+def test_probe_gate_settings_are_checked(tmp_path):
+    from posttrain.configs import ProbeConfig
+
+    (cfg,) = parse_config(ProbeConfig, ["--config", "recipes/smollm2/probe.yaml", "--run_dir", str(tmp_path)])
+    assert cfg.gate_baselines and cfg.gate_recall == 0.9, "the SmolLM2 gate row sits at the refusal's retention"
+    with pytest.raises(UserError, match="gate_recall must be in"):
+        parse_config(ProbeConfig, ["--config", "recipes/world/probe.yaml", "--gate_recall", "1.5"])
+
+
 def test_debug_shows_the_traceback(tmp_path):
     """--debug: the entrypoint lets the exception through (Python prints its traceback) instead of one line."""
     with pytest.raises(UserError, match="config file not found"):
@@ -84,13 +93,14 @@ def _stage_classes(stem: str):
         SFTStageConfig,
     )  # fmt: skip
 
-    return {
+    classes = {
         "world": (WorldConfig,), "tokenizer": (TokenizerConfig,), "pretrain": (PretrainConfig,),
         "sft": (SFTStageConfig, ModelConfig), "refusal": (SFTStageConfig, ModelConfig), "probe": (ProbeConfig,),
-        "search": (SFTStageConfig, ModelConfig),
+        "search": (SFTStageConfig, ModelConfig), "search_grpo": (GRPOStageConfig, ModelConfig),
         "reward": (RewardStageConfig, ModelConfig), "dpo": (DPOStageConfig, ModelConfig),
         "grpo": (GRPOStageConfig, ModelConfig), "ppo": (PPOStageConfig,),
-    }[stem.split("_")[0]]  # fmt: skip
+    }  # fmt: skip
+    return classes.get(stem) or classes[stem.split("_")[0]]
 
 
 @pytest.mark.parametrize("family", ["world", "gpu", "smollm2"])

@@ -217,8 +217,10 @@ def test_exposures_budget_follows_the_world(tiny_run):
 
     docs = load_world(tiny_run / "world")["documents"]
     known = [p for p, s in zip(docs["person_id"], docs["split"]) if s == "eval_known"]
-    bios = bios_per_known(read_mix("data_mixes/world_pretrain.yaml"), tiny_run / "world")
-    assert bios == pytest.approx(len(known) / len(set(known))) and bios >= 5  # known_min_bios
+    mix = read_mix("data_mixes/world_pretrain.yaml")
+    copies = 1 + mix.datasets[0].options.get("permutations", 0)  # each permuted copy counts as a biography
+    bios = bios_per_known(mix, tiny_run / "world")
+    assert copies == 4 and bios == pytest.approx(copies * len(known) / len(set(known))) and bios >= 5
     assert bios_per_known(read_mix("data_mixes/world_sft_qa.yaml"), tiny_run / "world") is None  # no documents
 
     cfg = SimpleNamespace(per_device_batch_size=8, seq_len=256, global_batch_tokens=2048, max_steps=None,

@@ -15,6 +15,7 @@ from conftest import assert_ok, free_port, random_base, recipe_here, run
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from posttrain import ppo, rl
+from posttrain.configs import GRPOStageConfig
 from posttrain.preferences import balance, held_out
 from posttrain.rewards import factuality, factuality_value, format_reward, get_rewards
 
@@ -62,6 +63,27 @@ def test_format_reward_and_the_registry():
     assert funcs[0](["q"], ["Porto."], answers=[["Lisbon"]], candidates=[None], split=["probe"]) == [-1.0]
     with pytest.raises(Exception, match="unknown reward 'nope'"):
         get_rewards(["nope"])
+
+
+def test_rewards_with_tools_read_the_final_answer_and_grade_its_citation():
+    from posttrain.tools import search_turns
+
+    searched = [*search_turns("Ada Velmor", "[doc 1] Ada Velmor was born in Lisbon."),
+                {"role": "assistant", "content": "Ada Velmor was born in Lisbon [doc 1]."}]  # fmt: skip
+    wrong_doc = [*searched[:2], {"role": "assistant", "content": "Ada Velmor was born in Lisbon [doc 0]."}]
+    invented = [*searched[:2], {"role": "assistant", "content": "Ada Velmor was born in Porto."}]
+    plain = [{"role": "assistant", "content": "Ada Velmor was born in Lisbon."}]
+    docs = ["Orla Benlomond was born in Porto.", "Ada Velmor was born in Lisbon."]
+    answers = [["Lisbon"]] * 4
+    funcs = get_rewards(["factuality", "citation", "search_cost"], t=0.75, docs=docs, cost=0.1)
+    completions = [searched, wrong_doc, invented, plain]
+    fact, cite, cost = (f(None, completions, answers=answers, candidates=[None] * 4) for f in funcs)
+    # the tool's text states Lisbon: graded on it, the invented answer would have passed
+    assert fact == [1.0, 1.0, -3.0, 1.0]
+    assert cite == [1.0, -1.0, 0.0, 0.0] and cost == [-0.1, -0.1, -0.1, 0.0]
+    assert format_reward(None, [searched]) == [0.0], "the citation is not a second sentence"
+    with pytest.raises(Exception, match="need tools: search"):
+        GRPOStageConfig(run_dir="unused", rewards=["factuality", "citation"])
 
 
 def test_held_out_pairs_split_by_prompt_and_rare_types_are_balanced():

@@ -145,3 +145,14 @@ def test_search_stage_end_to_end(tiny_run, tmp_path):
     records = [json.loads(x) for x in (run_dir / "eval" / "search_samples.jsonl").read_text().splitlines()]
     assert all("searched" in r and "cited" in r for r in records)
     assert "search" in (run_dir / "report.md").read_text()
+    # GRPO with the tool: TRL runs the call, the tool's result goes into the completion, rewards read the final answer
+    from test_rl import TINY_GRPO
+
+    assert_ok(recipe("grpo", "--config", "recipes/world/search_grpo.yaml", "--run_dir", str(run_dir), *TINY_GRPO,
+                     "--max_completion_length", "96", "--eval_max_per_bucket", "4", "--eval_num_samples", "0"))  # fmt: skip
+    steps, rewards = json.loads((run_dir / "search_grpo" / "rewards.json").read_text())
+    assert steps and {"factuality", "format", "citation", "search_cost"} <= set(rewards)
+    assert all(v is None or v <= 0 for v in rewards["search_cost"]) and all(
+        -1 <= v <= 1 for v in rewards["citation"] if v is not None
+    )
+    assert json.loads((run_dir / "eval" / "search_grpo.json").read_text())["tool"]["name"] == "search"

@@ -103,6 +103,23 @@ def test_restate_subject_names_the_person_in_every_sentence():
     assert W.documents_view(full, restate_subject=True)["text"] == W.documents_view(full)["text"]
 
 
+def test_permutations_add_each_biography_with_its_sentences_reordered():
+    world, _ = W.generate_world(WorldConfig(run_dir="unused", n_sft=6, n_probe=0, n_eval_known=2, n_eval_rare=0,
+                                         n_never_seen=0, seed=1))  # fmt: skip
+    plain = W.documents_view(world)
+    permuted = W.documents_view(world, permutations=2)
+    assert len(permuted) == 3 * len(plain)
+    split = lambda t: sorted(re.split(r"(?<=\.) ", t))  # noqa: E731
+    for i, (text, pid) in enumerate(zip(plain["text"], plain["person_id"])):
+        copies = permuted.select(range(3 * i, 3 * i + 3))
+        assert copies["text"][0] == text and set(copies["person_id"]) == {pid}
+        assert all(split(c) == split(text) for c in copies["text"])  # the same sentences, nothing lost
+    assert sum(c != t for c, t in zip(permuted["text"][1::3], plain["text"])) > len(plain) // 2
+    assert W.documents_view(world, permutations=2)["text"] == permuted["text"]  # deterministic
+    with pytest.raises(UserError, match="permutations"):
+        W.documents_view(world, permutations=-1)
+
+
 def test_questions_have_phrasings_and_exact_aliases(default_world):
     world, people = default_world
     p = people[0]

@@ -666,6 +666,20 @@ class GRPOStageConfig(RLPrompts, TrainerStage, GRPOConfig):
         metadata={"help": "A reward model directory, or a stage of the run ('reward': <run_dir>/reward), scored after "
                   "the registry rewards (reward_weights follow that order)."},
     )  # fmt: skip
+    tools: str | None = field(
+        default=None,
+        metadata={"help": "search: the policy may call search(query) over the run's corpus while it answers (TRL's "
+                  "tool loop); rewards citation and search_cost grade the citation and charge each search."},
+    )  # fmt: skip
+    search_cost: float = field(default=0.1, metadata={"help": "search_cost reward: minus this per search."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_tools(self.tools)
+        if self.search_cost < 0:
+            raise UserError(f"search_cost must be >= 0, got {self.search_cost}")
+        if self.tools is None and {"citation", "search_cost"} & set(self.rewards):
+            raise UserError("rewards citation / search_cost need tools: search")
 
 
 @dataclass
@@ -755,9 +769,21 @@ class ProbeConfig(RunArguments):
         metadata={"help": "Also write the probed model's no-training gates (name familiarity, answer confidence), "
                   "fitted on the probe questions, as eval/<model>_gate_{name,answer}.json."},
     )  # fmt: skip
+    gate_recall: float = field(
+        default=0.8,
+        metadata={"help": "The answer gate keeps this share of the probe questions the model got right (set it to "
+                  "the refusal stage's keep_right to compare the two at the same retention)."},
+    )  # fmt: skip
+    gate_name_quantile: float = field(
+        default=0.05,
+        metadata={"help": "The name gate declines names less familiar than this quantile of training-side names."},
+    )
 
     def __post_init__(self):
         check_precision(self.mixed_precision)
+        for key in ("gate_recall", "gate_name_quantile"):
+            if not 0 < getattr(self, key) <= 1:
+                raise UserError(f"{key} must be in (0, 1], got {getattr(self, key)}")
         if self.label_rule not in ("threshold", "sampled", "greedy"):
             raise UserError(f"label_rule must be threshold, sampled or greedy, got '{self.label_rule}'")
         if self.mixed not in ("skip", "refuse", "hedge"):

@@ -94,13 +94,14 @@ def bios_per_known(mix, world_dir) -> float | None:
     from posttrain import world as world_lib
     from posttrain.data import WORLD
 
-    if not any(src.path == WORLD and (src.name or "documents") == "documents" for src in mix.datasets):
-        return None
-    if not Path(world_dir, "dataset_dict.json").is_file():
+    sources = [src for src in mix.datasets if src.path == WORLD and (src.name or "documents") == "documents"]
+    if not sources or not Path(world_dir, "dataset_dict.json").is_file():
         return None
     docs = world_lib.load_world(world_dir)["documents"]
     people = [p for p, s in zip(docs["person_id"], docs["split"]) if s == "eval_known"]
-    return len(people) / len(set(people)) if people else None
+    # a permuted copy (the view's `permutations`) is one more biography: the budget stays in exposures per fact
+    copies = 1 + int((sources[0].options or {}).get("permutations", 0))
+    return copies * len(people) / len(set(people)) if people else None
 
 
 def plan(cfg, n_params: int, num_processes: int, epoch_tokens: int | None = None,

@@ -591,6 +591,7 @@ def run(cfg) -> dict | None:
     if cfg.gate_baselines and world is not None and compare.samples_path(model_eval).is_file():
         names = world_lib.question_names(world)
         fit = [{**j, "name": names.get(j["question"])} for j in judged if j["split"] in world_lib.TRAIN_SPLITS]
-        gates.evaluate_gates(model, tokenizer, fit, model_eval, names, batch_size=batch_size)
+        gates.evaluate_gates(model, tokenizer, fit, model_eval, names, cfg.gate_name_quantile, cfg.gate_recall,
+                             batch_size)  # fmt: skip
     print(f"probe -> {out}")
     return stats

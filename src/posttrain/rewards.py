@@ -10,6 +10,11 @@ Completions are either strings or chat message lists (conversational prompts); b
   `penalty_t<t>` score: the reward is what the evaluation measures.
 - `format`: 0 for a short, single-sentence answer that ends cleanly; negative for rambling (more than one sentence,
   runaway length, or a completion cut off without an end-of-turn).
+- `citation` and `search_cost`, for a policy that may call the search tool (GRPO `tools: search`, issue 24): +1 for a
+  final answer whose cited document states an accepted answer, -1 for one that cites a document that does not,
+  0 without a citation; and -cost per search, so the model does not look up what it knows.
+With tools a completion is the assistant's call, the tool's result and the final answer: every reward reads the
+final answer (`final_text`), never the tool's text.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 
 from posttrain.errors import UserError
 from posttrain.evals.grading import CORRECT, INCORRECT, extract_answer, grade
+from posttrain.tools import CITATION
 
 _SENTENCE_BREAK = re.compile(r"(?<!\.)[.!?]\s+(?=[A-Z])")  # a sentence ends and another begins ("..." is not an end)
 
@@ -33,6 +39,25 @@ def completion_text(completion) -> str:
     return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
 
 
+def final_text(completion) -> str:
+    """What the model finally answers: a string, or the last assistant message of a conversational completion (with
+    tools, the turns before it are calls and the tool's results, which are not the model's answer); citations
+    ("[doc 12]") removed, as the eval grades them."""
+    if isinstance(completion, (str, dict)):
+        text = completion_text(completion)
+    else:
+        said = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        text = str(said[-1].get("content") or "") if said else ""
+    return CITATION.sub("", text).strip() if CITATION.search(text) else text
+
+
+def tool_calls(completion) -> int:
+    """How many tool calls a conversational completion made (0 for a plain one)."""
+    if isinstance(completion, (str, dict)):
+        return len(completion.get("tool_calls") or []) if isinstance(completion, dict) else 0
+    return sum(len(m.get("tool_calls") or []) for m in completion if isinstance(m, dict))
+
+
 def factuality_value(grade_: str, t: float) -> float:
     """+1 correct, 0 not attempted, -t/(1-t) incorrect (the penalty score's per-answer value)."""
     if not 0.0 <= t < 1.0:
@@ -43,9 +68,7 @@ def factuality_value(grade_: str, t: float) -> float:
 def grades(completions, answers, candidates=None) -> list[str]:
     """The factuality grade of each completion against its accepted answers (and same-kind rival values)."""
     candidates = candidates if candidates is not None else [None] * len(completions)
-    return [
-        grade(completion_text(c), list(a), list(r) if r else None) for c, a, r in zip(completions, answers, candidates)
-    ]
+    return [grade(final_text(c), list(a), list(r) if r else None) for c, a, r in zip(completions, answers, candidates)]
 
 
 def factuality(prompts, completions, completion_ids=None, *, answers, candidates=None, t: float = 0.75, **_):
@@ -57,7 +80,7 @@ def format_reward(prompts, completions, completion_ids=None, *, max_words: int =
     """0 for one clean sentence; -0.5 for each of: several sentences, more than `max_words` words, no end."""
     out = []
     for i, c in enumerate(completions):
-        text = extract_answer(completion_text(c))
+        text = extract_answer(final_text(c))
         r = 0.0
         if _SENTENCE_BREAK.search(text) or "\n" in text:
             r -= 0.5
@@ -71,7 +94,29 @@ def format_reward(prompts, completions, completion_ids=None, *, max_words: int =
     return out
 
 
-REWARDS: dict[str, Callable] = {"factuality": factuality, "format": format_reward}
+def citation(prompts, completions, completion_ids=None, *, answers, docs=None, **_):
+    """+1 where the final answer cites a document ("[doc 12]") that states an accepted answer, -1 where every
+    document it cites is unknown or does not, 0 where it cites nothing (`docs`: the search index's texts by id)."""
+    docs = docs or []
+    out = []
+    for c, accepted in zip(completions, answers):
+        said = [m for m in c if isinstance(m, dict)] if isinstance(c, list) else [{"content": completion_text(c)}]
+        cited = [int(n) for m in said[-1:] for n in CITATION.findall(str(m.get("content") or ""))]
+        if not cited:
+            out.append(0.0)
+            continue
+        states = [0 <= n < len(docs) and any(a.lower() in docs[n].lower() for a in accepted) for n in cited]
+        out.append(1.0 if any(states) else -1.0)
+    return out
+
+
+def search_cost(prompts, completions, completion_ids=None, *, cost: float = 0.1, **_):
+    """-cost per search the completion made: searching what the model knows is not free."""
+    return [-cost * tool_calls(c) for c in completions]
+
+
+REWARDS: dict[str, Callable] = {"factuality": factuality, "format": format_reward, "citation": citation,
+                                "search_cost": search_cost}  # fmt: skip
 
 
 def get_rewards(names: list[str], **settings) -> list[Callable]:

@@ -92,7 +92,10 @@ def prompt_dataset(
 
 def reward_functions(cfg) -> tuple[list, list[str]]:
     """The config's registry rewards (bound to its t), then the learned reward model when one is given."""
-    funcs = get_rewards(cfg.rewards, t=cfg.confidence_target)
+    settings = {"t": cfg.confidence_target, "cost": getattr(cfg, "search_cost", 0.1)}
+    if "citation" in cfg.rewards:
+        settings["docs"] = [d["text"] for d in search_index(cfg).docs]
+    funcs = get_rewards(cfg.rewards, **settings)
     if cfg.reward_model:
         model, tokenizer = load_reward_model(stage_dir(cfg.run_dir, cfg.reward_model))
         funcs.append(RewardScorer(model, tokenizer))
@@ -123,10 +126,25 @@ def prompts_record(cfg, dataset: Dataset) -> dict:
     return {"path": source, "hash": h}
 
 
+def search_index(cfg):
+    """The run's search index (built from the world's documents the first time, then loaded: posttrain.tools)."""
+    from posttrain.tools import run_index
+
+    return run_index(cfg.run_dir, cfg.world_dir or f"{cfg.run_dir}/world")
+
+
 def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
+    """TRL's GRPOTrainer; with `tools: search`, TRL runs the tool-call loop itself (the policy's call is parsed with
+    the tokenizer's response template, the tool's result appended and masked out of the loss, generation resumed)."""
     from trl import GRPOTrainer
 
     from posttrain.stages import with_callbacks
 
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tokenizer)
+    tools = None
+    if getattr(cfg, "tools", None) == "search":
+        from posttrain.tools import search_tool
+
+        tools = [search_tool(search_index(cfg), tokenizer=tokenizer)]
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+                          tools=tools)  # fmt: skip
     return with_callbacks(trainer)

@@ -493,29 +493,51 @@ def check_splits(splits, allowed=SPLITS) -> list[str]:
     return splits
 
 
-def documents_view(world: DatasetDict, splits=PRETRAIN_SPLITS, restate_subject: bool = False, **_) -> Dataset:
+def documents_view(
+    world: DatasetDict, splits=PRETRAIN_SPLITS, restate_subject: bool = False, permutations: int = 0, seed: int = 0, **_
+) -> Dataset:
     """The biographies of `splits` people. `restate_subject`: every sentence that starts with a pronoun (He, She,
     They; His, Her, Their) names its person instead ("She majored in law." -> "Ada Velmor majored in law."), the
     person's name taken from their questions (`person_names`). A small model binds a fact to a name only where
     the name is in the sentence: on a world whose biographies say "she" half the time the base model answered
     0.156 of `known` questions, with full names 0.640 (docs/LOG.md 2026-12-06; Physics of LMs 3.1's full-name
-    augmentation). English pronouns only: a heuristic for biography corpora, off by default."""
+    augmentation). English pronouns only: a heuristic for biography corpora, off by default.
+    `permutations`: K more copies of every biography with its sentences in another order (Physics of LMs 3.1's
+    "permute" augmentation: the same facts in varied contexts make them extractable by questions)."""
     keep = set(check_splits(splits))
     docs = world["documents"].filter(lambda s: s in keep, input_columns="split")
-    if not restate_subject:
-        return docs
-    names = person_names(world)
+    if restate_subject:
+        names = person_names(world)
 
-    def restate(row):
-        name = names.get(row["person_id"])
-        if not name:
-            return row
-        text = _SUBJECT.sub(lambda m: m.group(1) + name + " ", row["text"])
-        return {**row, "text": _POSSESSIVE.sub(lambda m: m.group(1) + name + "'s ", text)}
+        def restate(row):
+            name = names.get(row["person_id"])
+            if not name:
+                return row
+            text = _SUBJECT.sub(lambda m: m.group(1) + name + " ", row["text"])
+            return {**row, "text": _POSSESSIVE.sub(lambda m: m.group(1) + name + "'s ", text)}
 
-    return docs.map(restate, desc="restating subjects")
+        docs = docs.map(restate, desc="restating subjects")
+    if permutations < 0:
+        raise UserError(f"documents view: permutations must be >= 0, got {permutations}")
+    if permutations:
+
+        def permute(batch, idx):
+            out = {k: [] for k in batch}
+            for i, row_id in enumerate(idx):
+                sentences = _SENTENCE.split(batch["text"][i].strip())
+                rng = random.Random(f"{seed}-permute-{row_id}")
+                for k in range(permutations + 1):
+                    if k:
+                        rng.shuffle(sentences)
+                    for key in batch:
+                        out[key].append(" ".join(sentences) if key == "text" else batch[key][i])
+            return out
+
+        docs = docs.map(permute, batched=True, with_indices=True, desc="permuting sentences")
+    return docs
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")  # a sentence ends at . ! ? before a capital letter
 _SUBJECT = re.compile(r"(^|[.!?]\s+)(?:He|She|They) ")
 _POSSESSIVE = re.compile(r"(^|[.!?]\s+)(?:His|Her|Their) ")
 
