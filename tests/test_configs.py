@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from conftest import assert_one_line_error, recipe_here
 
@@ -130,3 +132,19 @@ def test_gpu_pretrain_preset_is_about_500m_parameters():
                     num_attention_heads=cfg.num_attention_heads)  # fmt: skip
     assert config.hidden_size == 1280 and config.hidden_size // config.num_attention_heads == 128
     assert 400e6 < param_counts(config)["total"] < 700e6
+
+
+def test_gpu_only_model_options_are_refused_in_one_line_here():
+    """Hub kernels and 4/8-bit loading go to from_pretrained on a CUDA machine; elsewhere one line (issue 23)."""
+    import torch
+
+    from posttrain.stages import kernel_kwargs, quantization_kwargs
+
+    assert kernel_kwargs(SimpleNamespace(model_init_kwargs=None, use_liger_kernel=False)) == {}
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may take them")
+    for cfg in (SimpleNamespace(model_init_kwargs={"use_kernels": True}), SimpleNamespace(use_liger_kernel=True)):
+        with pytest.raises(UserError, match="need a CUDA GPU and the kernels package"):
+            kernel_kwargs(cfg)
+    with pytest.raises(UserError, match="need a CUDA GPU and bitsandbytes"):
+        quantization_kwargs(SimpleNamespace(load_in_4bit=True, load_in_8bit=False, use_peft=True))

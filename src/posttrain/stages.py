@@ -46,9 +46,25 @@ def load_model(path: str, cfg, model_args):
     trains under autocast, so master weights and optimizer state stay fp32 and checkpoints load as before."""
     dtype = model_args.dtype if model_args.dtype not in (None, "auto") else torch.float32
     model, tokenizer = load_causal_lm(path, dtype, model_args.model_revision, model_args.attn_implementation,
-                                      **quantization_kwargs(model_args))  # fmt: skip
+                                      **quantization_kwargs(model_args), **kernel_kwargs(cfg))  # fmt: skip
     changes = prepare_chat(model, tokenizer, getattr(cfg, "assistant_only_loss", False))
     return model, tokenizer, changes
+
+
+def kernel_kwargs(cfg) -> dict:
+    """Hub kernels (`model_init_kwargs: {use_kernels: true}`, or the deprecated `use_liger_kernel`): TRL reads them
+    only when it builds the model from a name, and our stages hand it a built model, so they go to `from_pretrained`
+    here. Kernels are compiled code fetched from the Hub on first use: a CUDA machine with the `kernels` package,
+    asked for explicitly; elsewhere one line saying why not."""
+    init = getattr(cfg, "model_init_kwargs", None) or {}
+    if not (init.get("use_kernels") or getattr(cfg, "use_liger_kernel", False)):
+        return {}
+    import importlib.util
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("kernels") is None:
+        raise UserError("use_kernels / use_liger_kernel need a CUDA GPU and the kernels package (pip install kernels); "
+                        "leave them off on this machine")  # fmt: skip
+    return {"use_kernels": True}
 
 
 def quantization_kwargs(model_args) -> dict:
