@@ -82,6 +82,10 @@ def test_rewards_with_tools_read_the_final_answer_and_grade_its_citation():
     assert fact == [1.0, 1.0, -3.0, 1.0]
     assert cite == [1.0, -1.0, 0.0, 0.0] and cost == [-0.1, -0.1, -0.1, 0.0]
     assert format_reward(None, [searched]) == [0.0], "the citation is not a second sentence"
+    unanswered = searched[:2]  # cut off after the tool's turn: its "[doc 1]" line is not the model's citation
+    assert funcs[1](None, [unanswered], answers=[["Lisbon"]]) == [0.0] and funcs[0](
+        None, [unanswered], answers=[["Lisbon"]]
+    ) == [0.0]
     with pytest.raises(Exception, match="need tools: search"):
         GRPOStageConfig(run_dir="unused", rewards=["factuality", "citation"])
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from posttrain.errors import UserError
 from posttrain.evals.grading import CORRECT, INCORRECT, extract_answer, grade
-from posttrain.tools import CITATION
+from posttrain.tools import CITATION, citations
 
 _SENTENCE_BREAK = re.compile(r"(?<!\.)[.!?]\s+(?=[A-Z])")  # a sentence ends and another begins ("..." is not an end)
 
@@ -39,23 +39,25 @@ def completion_text(completion) -> str:
     return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
 
 
-def final_text(completion) -> str:
-    """What the model finally answers: a string, or the last assistant message of a conversational completion (with
-    tools, the turns before it are calls and the tool's results, which are not the model's answer); citations
-    ("[doc 12]") removed, as the eval grades them."""
+def said_last(completion) -> str:
+    """The text the model said last: a string, or the content of a conversational completion's last assistant
+    message (with tools, the turns before it are calls and the tool's results, which are not the model's answer)."""
     if isinstance(completion, (str, dict)):
-        text = completion_text(completion)
-    else:
-        said = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
-        text = str(said[-1].get("content") or "") if said else ""
+        return completion_text(completion)
+    said = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+    return str(said[-1].get("content") or "") if said else ""
+
+
+def final_text(completion) -> str:
+    """What the model finally answers (`said_last`), citations ("[doc 12]") removed, as the eval grades them."""
+    text = said_last(completion)
     return CITATION.sub("", text).strip() if CITATION.search(text) else text
 
 
 def tool_calls(completion) -> int:
-    """How many tool calls a conversational completion made (0 for a plain one)."""
-    if isinstance(completion, (str, dict)):
-        return len(completion.get("tool_calls") or []) if isinstance(completion, dict) else 0
-    return sum(len(m.get("tool_calls") or []) for m in completion if isinstance(m, dict))
+    """How many tool calls a completion made (0 for a plain string)."""
+    messages = [completion] if isinstance(completion, dict) else [] if isinstance(completion, str) else completion
+    return sum(len(m.get("tool_calls") or []) for m in messages if isinstance(m, dict))
 
 
 def factuality_value(grade_: str, t: float) -> float:
@@ -96,12 +98,12 @@ def format_reward(prompts, completions, completion_ids=None, *, max_words: int =
 
 def citation(prompts, completions, completion_ids=None, *, answers, docs=None, **_):
     """+1 where the final answer cites a document ("[doc 12]") that states an accepted answer, -1 where every
-    document it cites is unknown or does not, 0 where it cites nothing (`docs`: the search index's texts by id)."""
+    document it cites is unknown or does not, 0 where it cites nothing (`docs`: the search index's texts by id).
+    Only the model's last message counts: the tool's own "[doc N]" lines are not citations."""
     docs = docs or []
     out = []
     for c, accepted in zip(completions, answers):
-        said = [m for m in c if isinstance(m, dict)] if isinstance(c, list) else [{"content": completion_text(c)}]
-        cited = [int(n) for m in said[-1:] for n in CITATION.findall(str(m.get("content") or ""))]
+        cited = citations(said_last(c))
         if not cited:
             out.append(0.0)
             continue

@@ -9,6 +9,7 @@ Each row carries `answers` and `candidates`, which the factuality reward grades 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -92,7 +93,7 @@ def prompt_dataset(
 
 def reward_functions(cfg) -> tuple[list, list[str]]:
     """The config's registry rewards (bound to its t), then the learned reward model when one is given."""
-    settings = {"t": cfg.confidence_target, "cost": getattr(cfg, "search_cost", 0.1)}
+    settings = {"t": cfg.confidence_target, "cost": cfg.search_cost}
     if "citation" in cfg.rewards:
         settings["docs"] = [d["text"] for d in search_index(cfg).docs]
     funcs = get_rewards(cfg.rewards, **settings)
@@ -127,10 +128,16 @@ def prompts_record(cfg, dataset: Dataset) -> dict:
 
 
 def search_index(cfg):
-    """The run's search index (built from the world's documents the first time, then loaded: posttrain.tools)."""
+    """The run's search index (built from the world's documents the first time, then loaded: posttrain.tools),
+    read once per process: the citation reward and the policy's tool share it."""
+    return _run_index(cfg.run_dir, cfg.world_dir or f"{cfg.run_dir}/world")
+
+
+@functools.cache
+def _run_index(run_dir: str, world_dir: str):
     from posttrain.tools import run_index
 
-    return run_index(cfg.run_dir, cfg.world_dir or f"{cfg.run_dir}/world")
+    return run_index(run_dir, world_dir)
 
 
 def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
