@@ -54,6 +54,15 @@ def test_strangers_are_new_names_made_of_the_worlds_own_parts(world):
     assert graded[0]["grades"] == ["incorrect", "not_attempted"]
     firsts_lasts = len(firsts) * len(lasts) - len(taken)
     assert len(world_lib.stranger_questions(world, 10**6)) == firsts_lasts // 2, "a small world gives what it has"
+    # a world with few new combinations asks several questions about each new name, about different attributes
+    many = world_lib.stranger_questions(world, 10**6, per_name=3)
+    assert len(many) == 3 * (firsts_lasts // 2)
+    by_name = {}
+    for s in many:
+        by_name.setdefault(s["name"], set()).add(s["attribute"])
+    assert len(by_name) == firsts_lasts // 2 and all(len(a) == 3 for a in by_name.values())
+    reading = world_lib.reading_view(world, n=firsts_lasts)  # more than the names it has: ~2 questions a name
+    assert len(reading) == firsts_lasts
 
 
 def test_names_of_a_users_own_world_come_from_what_its_questions_share():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -744,43 +745,63 @@ def _common_words(texts: list[str]) -> str | None:
     return max(words, key=len) if words else None
 
 
-def stranger_questions(world: DatasetDict, n: int, seed: int | str = 0, splits=TRAIN_SPLITS) -> list[dict]:
-    """Questions about `n` people who exist nowhere in the world: a training-split person's question with the name
-    swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
-    looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
-    shares the name of anyone in the world, `never_seen` people included. Every informative answer about a
-    stranger is wrong by construction (`answer` is empty). A small world gives at most half of its new name
-    combinations (fewer than `n` when it has too few)."""
-    names = person_names(world)
+def _stranger_names(world: DatasetDict, names: dict[str, str]) -> tuple[list[str], list[str], str, int]:
+    """The parts strangers' names are recombined from: (first parts, last parts, separator, how many new names a
+    draw may take: half of the new combinations)."""
     taken = set(names.values())
     parts = [name.rsplit(" ", 1) for name in sorted(taken) if " " in name]
+    sep = " "
     if len(parts) < len(taken) / 2:  # single-word names (places): halves of two names ("Lis" + "bon")
         parts = [[w[: len(w) // 2], w[len(w) // 2 :].lower()] for w in sorted(taken) if " " not in w and len(w) >= 4]
         sep = ""
-    else:
-        sep = " "
-    if not parts or n <= 0:
-        return []
     firsts, lasts = sorted({p[0] for p in parts}), sorted({p[1] for p in parts})
-    # a small world has fewer new combinations than asked for: at most half of them (drawing by rejection)
-    n = min(n, (len(firsts) * len(lasts) - len(taken)) // 2)
-    rng = random.Random(f"{seed}-strangers")
+    return firsts, lasts, sep, max(0, (len(firsts) * len(lasts) - len(taken)) // 2)
+
+
+def stranger_questions(
+    world: DatasetDict, n: int, seed: int | str = 0, splits=TRAIN_SPLITS, per_name: int = 1
+) -> list[dict]:
+    """Questions about people who exist nowhere in the world: a training-split person's question with the name
+    swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
+    looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
+    shares the name of anyone in the world, `never_seen` people included. Every informative answer about a
+    stranger is wrong by construction (`answer` is empty). `per_name`: questions about each new name (about
+    different attributes while the world has more). A small world gives at most half of its new name
+    combinations, so fewer than `n` questions when it has too few."""
+    names = person_names(world)
+    taken = set(names.values())
+    firsts, lasts, sep, room = _stranger_names(world, names)
     keep = set(check_splits(splits, TRAIN_SPLITS))
     rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep], names)
             if r["name"] and r["name"] in r["question"]]  # fmt: skip
-    if not rows:
+    by_attr: dict[str, list[dict]] = {}
+    for r in rows:
+        by_attr.setdefault(r["attribute"], []).append(r)
+    attrs = sorted(by_attr)
+    per_name = max(1, per_name)
+    n = min(n, room * per_name)
+    if not firsts or not lasts or not rows or n <= 0:
         return []
+    rng = random.Random(f"{seed}-strangers")
     out, used = [], set()
     while len(out) < n:
         name = f"{rng.choice(firsts)}{sep}{rng.choice(lasts)}"
         if name in taken or name in used:
             continue
         used.add(name)
-        row = rng.choice(rows)
-        sentence = row["sentence"].replace(row["name"], name) if row["sentence"] else None
-        out.append({"question": row["question"].replace(row["name"], name), "answer": "", "aliases": [],
-                    "person_id": f"stranger-{len(out)}", "attribute": row["attribute"], "split": STRANGER,
-                    "name": name, "sentence": sentence, "fact": row["answer"]})  # fmt: skip
+        # different attributes first; more questions than attributes ask some again (the reading view states a
+        # fresh random value in each conversation, so they never contradict within one)
+        if per_name == 1:
+            picks = [rng.choice(rows)]
+        else:
+            asked = rng.sample(attrs, min(per_name, len(attrs)))
+            asked += [rng.choice(attrs) for _ in range(per_name - len(asked))]
+            picks = [rng.choice(by_attr[a]) for a in asked]
+        for row in picks[: n - len(out)]:
+            sentence = row["sentence"].replace(row["name"], name) if row["sentence"] else None
+            out.append({"question": row["question"].replace(row["name"], name), "answer": "", "aliases": [],
+                        "person_id": f"stranger-{len(used) - 1}", "attribute": row["attribute"], "split": STRANGER,
+                        "name": name, "sentence": sentence, "fact": row["answer"]})  # fmt: skip
     return out
 
 
@@ -796,8 +817,12 @@ def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: i
     the question itself: nothing here is a fact of the world, and no eval person is named."""
     rng = random.Random(f"{seed}-reading")
     values = answers_by_attribute(qa_view(world, check_splits(splits, TRAIN_SPLITS)))
+    # a world whose names share their parts has few new combinations (the 4x hand world: 170 for n = 1,000);
+    # then each new name is asked about several attributes, so copying is still taught on ~n conversations
+    room = _stranger_names(world, person_names(world))[3]
+    per_name = max(1, math.ceil(n / room)) if room else 1
     rows = []
-    for r in stranger_questions(world, n, seed=f"{seed}-reading", splits=splits):
+    for r in stranger_questions(world, n, seed=f"{seed}-reading", splits=splits, per_name=per_name):
         value = rng.choice(values[r["attribute"]])
         sentence = r["sentence"].replace(r["fact"], value) if r["sentence"] and r["fact"] in r["sentence"] else None
         answer = answer_sentence({"question": r["question"], "attribute": r["attribute"], "answer": value,
