@@ -25,6 +25,7 @@ from posttrain.pretrain import (
     grad_accumulation,
     make_accelerator,
     maybe_compile,
+    names_scale,
     optimizer_for,
     plan,
     scheduler_for,
@@ -67,7 +68,8 @@ def main():
         train_docs, val_docs = (data["train"], data["test"]) if "test" in data else heldout_stream(data["train"])
         train_set, val_set = pack(train_docs, tokenizer, cfg.seq_len), pack(val_docs, tokenizer, cfg.seq_len)
     epoch_tokens = None if mix.streaming else len(train_set) * cfg.seq_len
-    the_plan = plan(cfg, params["total"], accelerator.num_processes, epoch_tokens, bios_per_known(mix, world_dir))
+    budget = bios_per_known(mix, world_dir), names_scale(cfg, mix, world_dir)
+    the_plan = plan(cfg, params["total"], accelerator.num_processes, epoch_tokens, *budget)
     accelerator.print(
         f"model: depth {cfg.depth}, width {config.hidden_size}, {params['total'] / 1e6:.2f}M parameters "
         f"({params['non_embedding'] / 1e6:.2f}M non-embedding), {fpt / 1e6:.1f} MFLOP/token; "

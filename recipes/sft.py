@@ -17,6 +17,7 @@ from posttrain.configs import SFTStageConfig, parse_config
 from posttrain.errors import entrypoint
 from posttrain.pretrain import set_threads
 from posttrain.report import build_report
+from posttrain.runtime import process_state
 
 
 def main():
@@ -25,6 +26,9 @@ def main():
     set_seed(cfg.seed)
     resume = stages.resolve_resume(cfg)
     base = stages.base_model_path(cfg, model_args)
+    note = sft.adapt_to_names(cfg)
+    if note and process_state().is_main_process:
+        print(note)
     for round_ in range(1, cfg.rounds + 1):
         if round_ > 1:  # refusal rounds: re-probe the model just trained, then train it on the new targets
             base, resume = sft.reprobe(cfg, round_), None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -133,7 +134,8 @@ def test_make_speedrun_on_a_users_world(tmp_path):
     world = tmp_path / "my_world"
     hand_world.build(seed=3).save_to_disk(str(world))
     run_dir = tmp_path / "mine"
-    pretrain = TINY_PRETRAIN.replace("--max_steps 3", "--exposures 0.2")  # a world-derived budget, a few steps
+    # a world-derived budget, a few steps (no floor: the recipe's min_steps is the embedded world's 781)
+    pretrain = TINY_PRETRAIN.replace("--max_steps 3", "--exposures 0.2 --min_steps 1")
     proc = _make(f"RUN_DIR={run_dir}", f"WORLD={world}", "TOKENIZER_ARGS=--vocab_size 400", pretrain, *TINY[1:],
                  "REWARD=0", "GRPO=0")  # fmt: skip
     assert_ok(proc)
@@ -142,7 +144,9 @@ def test_make_speedrun_on_a_users_world(tmp_path):
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     lineage = json.loads((run_dir / "pretrain" / "lineage.json").read_text())
     assert lineage["parents"]["world"]["hash"]
-    assert "exposures 0.2: a well-known person's" in proc.stdout and "biographies (mean)" in proc.stdout
+    # names made of 30 x 30 shared parts: the budget and the SFT rate read the world's name ambiguity
+    assert "exposures 0.2 (names' ambiguity" in proc.stdout and "biographies (mean)" in proc.stdout
+    assert re.search(r"sft: learning rate [0-9.e-]+ \(names' ambiguity", proc.stdout)
     assert 1 <= lineage["summary"]["steps"] < 50
     assert json.loads((run_dir / "eval" / "sft.json").read_text())["buckets"]["overall"]["n"] > 0
     targets = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]

@@ -228,6 +228,14 @@ def test_exposures_budget_follows_the_world(tiny_run):
     p = plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=8.0)  # 10 epochs of 100k tokens
     assert p.total_steps == 1_000_000 // 2048 and "exposures 80" in p.note and "10.00 epochs" in p.note
     assert plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=4.0).total_steps == 2_000_000 // 2048
+    # a world whose names share their parts: the exposures times its name factor, and the line says why
+    scaled = plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=8.0, scale=(1.5, "names' ambiguity 5.7"))
+    assert scaled.total_steps == 1_500_000 // 2048 and "15.00 epochs" in scaled.note
+    assert "names' ambiguity 5.7" in scaled.note
+    cfg.min_steps = 900  # a small world: at least the floor's steps
+    floored = plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=8.0)
+    assert floored.total_steps == 900 and "raised to min_steps 900" in floored.note
+    cfg.min_steps = None
     with pytest.raises(UserError, match="exposures needs a world"):
         plan(cfg, 1000, 1, epoch_tokens=100_000, bios_per_known=None)
     cfg.max_tokens = 204_800

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import TINY_WORLD, assert_ok, assert_one_line_error, recipe, recipe_here
+from conftest import REPO, TINY_WORLD, assert_ok, assert_one_line_error, recipe, recipe_here
 from datasets import Dataset, DatasetDict
 
 from posttrain import world as W
@@ -265,3 +265,19 @@ def test_missing_world_column_and_not_a_world(tmp_path):
         W.load_world(src)
     with pytest.raises(UserError, match="not a world directory"):
         W.load_world(tmp_path)
+
+
+def test_name_factor_reads_how_many_people_share_a_name_part(tiny_run):
+    """The generator's names (own surnames) keep factor 1; the hand world's 30 × 30 shared parts at four times its
+    people ask for about twice the exposures and SFT rate (world.name_factor, issue 25)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "evals"))
+    import hand_world
+
+    assert W.name_factor(W.load_world(tiny_run / "world"))[0] == 1.0
+    four = hand_world.build(seed=0, scale=4)
+    assert W.name_ambiguity(four) > 15
+    factor, why = W.name_factor(four)
+    assert 1.9 < factor < 2.2 and "ambiguity" in why
+    assert W.name_ambiguity(hand_world.build(seed=0, scale=4, blended_surnames=True)) < W.name_ambiguity(four) / 3

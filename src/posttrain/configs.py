@@ -320,6 +320,18 @@ class PretrainConfig(HubPush, RunArguments):
                   "seen; epochs = exposures / biographies per well-known person, tokens = epochs × the training "
                   "set. max_steps and max_tokens win over it (docs/LOG.md 2026-12-06, issue 25)."},
     )  # fmt: skip
+    min_steps: int | None = field(
+        default=None,
+        metadata={"help": "A floor under the exposures budget: a small world trains at least this many steps (the "
+                  "model learns *how* to store facts over steps; a 280-person world at its 303 exposure-derived "
+                  "steps knew 0.17 of its well-known people, LOG 2026-12-06)."},
+    )  # fmt: skip
+    adapt_to_names: bool = field(
+        default=False,
+        metadata={"help": "With an exposures budget on a world: multiply the exposures by the world's name factor, "
+                  "max(1, log2(name ambiguity) / 2), for worlds whose names share their parts (posttrain.world."
+                  "name_factor; the embedded world: 1)."},
+    )  # fmt: skip
     global_batch_tokens: int = field(default=8192, metadata={"help": "Tokens per optimizer step, all processes."})
     per_device_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass and process."})
     # optimisation
@@ -370,6 +382,8 @@ class PretrainConfig(HubPush, RunArguments):
             raise UserError("set a budget: max_steps, max_tokens, exposures or tokens_per_param")
         if self.exposures is not None and self.exposures <= 0:
             raise UserError(f"exposures must be > 0, got {self.exposures}")
+        if self.min_steps is not None and self.min_steps < 1:
+            raise UserError(f"min_steps must be >= 1, got {self.min_steps}")
         super().__post_init__()
 
 
@@ -575,6 +589,12 @@ class SFTStageConfig(TrainerStage, SFTConfig):
                   "confidence_target too, the bias that declines less of the two."},
     )  # fmt: skip
     assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant turns only."})
+    adapt_to_names: bool = field(
+        default=False,
+        metadata={"help": "Multiply learning_rate by the world's name factor, max(1, log2(name ambiguity) / 2): a "
+                  "world whose names share their parts needs a higher SFT rate for the answer to copy the asked "
+                  "name (posttrain.world.name_factor; the embedded world: 1)."},
+    )  # fmt: skip
     trainable_last_layers: int | None = field(
         default=None,
         metadata={"help": "Train only the last N decoder layers, the final norm and the LM head; freeze the "

@@ -104,10 +104,24 @@ def bios_per_known(mix, world_dir) -> float | None:
     return copies * len(people) / len(set(people)) if people else None
 
 
+def names_scale(cfg, mix, world_dir) -> tuple[float, str | None]:
+    """`adapt_to_names` with an `exposures` budget over a world's documents: the world's name factor and its
+    reason (`world.name_factor`); else (1, None)."""
+    from posttrain import world as world_lib
+    from posttrain.data import WORLD
+
+    if not cfg.adapt_to_names or cfg.exposures is None or cfg.max_steps is not None or cfg.max_tokens is not None:
+        return 1.0, None
+    if not any(src.path == WORLD for src in mix.datasets) or not Path(world_dir, "dataset_dict.json").is_file():
+        return 1.0, None
+    return world_lib.name_factor(world_lib.load_world(world_dir))
+
+
 def plan(cfg, n_params: int, num_processes: int, epoch_tokens: int | None = None,
-         bios_per_known: float | None = None) -> Plan:  # fmt: skip
+         bios_per_known: float | None = None, scale: tuple[float, str | None] = (1.0, None)) -> Plan:  # fmt: skip
     """Steps and their reason. The budget: max_steps, else max_tokens, else `exposures` (needs the training set's
-    tokens per epoch and the world's biographies per well-known person), else tokens_per_param."""
+    tokens per epoch and the world's biographies per well-known person; times `scale`'s factor, `names_scale`),
+    else tokens_per_param."""
     grad_accum = grad_accumulation(cfg, num_processes)
     if cfg.max_steps is not None:
         steps, why = cfg.max_steps, "max_steps"
@@ -117,10 +131,16 @@ def plan(cfg, n_params: int, num_processes: int, epoch_tokens: int | None = None
         if not epoch_tokens or not bios_per_known:
             raise UserError(f"{cfg.data_mix}: exposures needs a world with eval_known biographies in the mix "
                             "(set max_tokens for other data)")  # fmt: skip
-        epochs = cfg.exposures / bios_per_known
+        exposures = cfg.exposures * scale[0]
+        epochs = exposures / bios_per_known
         steps = max(1, int(epochs * epoch_tokens) // cfg.global_batch_tokens)
-        why = (f"exposures {cfg.exposures:g}: a well-known person's {bios_per_known:.2f} biographies (mean) seen "
-               f"{cfg.exposures:g} times = {epochs:.2f} epochs of {epoch_tokens:,} tokens = {steps * cfg.global_batch_tokens:,} tokens")  # fmt: skip
+        scaled = f" ({scale[1]}: {exposures:.1f})" if scale[1] and scale[0] != 1 else ""
+        why = (f"exposures {cfg.exposures:g}{scaled}: a well-known person's {bios_per_known:.2f} biographies (mean) "
+               f"seen {exposures:.4g} times = {epochs:.2f} epochs of {epoch_tokens:,} tokens = "
+               f"{steps * cfg.global_batch_tokens:,} tokens")  # fmt: skip
+        floor = getattr(cfg, "min_steps", None)
+        if floor and steps < floor:  # a small world: the model still needs the steps to learn how to store facts
+            steps, why = floor, f"{why}; raised to min_steps {floor}: a small world needs the steps, not the epochs"
     else:
         budget = int(cfg.tokens_per_param * n_params)
         steps, why = max(1, budget // cfg.global_batch_tokens), f"{cfg.tokens_per_param} tokens/param"

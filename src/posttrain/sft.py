@@ -34,6 +34,19 @@ def load_conversations(cfg):
     return mix, world_dir, data
 
 
+def adapt_to_names(cfg) -> str | None:
+    """`adapt_to_names`: the rate times the world's name factor (`world.name_factor`), set once before training;
+    returns the line that says so (None when off or the run has no world)."""
+    world_dir = Path(cfg.world_dir or Path(cfg.run_dir) / "world")
+    if not cfg.adapt_to_names or not (world_dir / "dataset_dict.json").is_file():
+        return None
+    from posttrain import world as world_lib
+
+    factor, why = world_lib.name_factor(world_lib.load_world(world_dir))
+    cfg.learning_rate *= factor
+    return f"{cfg.stage}: learning rate {cfg.learning_rate:.3g} ({why})"
+
+
 def describe(ds) -> str:
     return f"{len(ds):,} conversations" if isinstance(ds, Dataset) else "streamed conversations"
 
