@@ -24,7 +24,7 @@ def load_conversations(cfg):
     mix = read_mix(cfg.data_mix, run_dir=cfg.run_dir)
     if mix.kind != "conversations":
         raise UserError(f"{cfg.data_mix}: SFT reads a 'conversations' mix, not '{mix.kind}'")
-    world_dir = cfg.world_dir or str(Path(cfg.run_dir) / "world")
+    world_dir = _world_dir(cfg)
     data = load_mix(mix, world_dir)
     for split, ds in data.items():
         if isinstance(ds, Dataset):
@@ -34,10 +34,14 @@ def load_conversations(cfg):
     return mix, world_dir, data
 
 
+def _world_dir(cfg) -> str:
+    return cfg.world_dir or str(Path(cfg.run_dir) / "world")
+
+
 def adapt_to_names(cfg) -> str | None:
     """`adapt_to_names`: the rate times the world's name factor (`world.name_factor`), set once before training;
     returns the line that says so (None when off or the run has no world)."""
-    world_dir = Path(cfg.world_dir or Path(cfg.run_dir) / "world")
+    world_dir = Path(_world_dir(cfg))
     if not cfg.adapt_to_names or not (world_dir / "dataset_dict.json").is_file():
         return None
     from posttrain import world as world_lib

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -480,11 +481,7 @@ def name_ambiguity(world: DatasetDict) -> float:
     parts = [n.rsplit(" ", 1) for n in person_names(world).values()]
     if not parts or any(len(p) < 2 for p in parts):
         return 1.0
-    firsts: dict[str, int] = {}
-    lasts: dict[str, int] = {}
-    for first, last in parts:
-        firsts[first] = firsts.get(first, 0) + 1
-        lasts[last] = lasts.get(last, 0) + 1
+    firsts, lasts = Counter(p[0] for p in parts), Counter(p[1] for p in parts)
     return sum(min(firsts[f], lasts[la]) for f, la in parts) / len(parts)
 
 
@@ -772,7 +769,7 @@ def _common_words(texts: list[str]) -> str | None:
     return max(words, key=len) if words else None
 
 
-def _stranger_names(world: DatasetDict, names: dict[str, str]) -> tuple[list[str], list[str], str, int]:
+def _stranger_names(names: dict[str, str]) -> tuple[list[str], list[str], str, int]:
     """The parts strangers' names are recombined from: (first parts, last parts, separator, how many new names a
     draw may take: half of the new combinations)."""
     taken = set(names.values())
@@ -786,18 +783,19 @@ def _stranger_names(world: DatasetDict, names: dict[str, str]) -> tuple[list[str
 
 
 def stranger_questions(
-    world: DatasetDict, n: int, seed: int | str = 0, splits=TRAIN_SPLITS, per_name: int = 1
+    world: DatasetDict, n: int, seed: int | str = 0, splits=TRAIN_SPLITS, per_name: int | None = 1
 ) -> list[dict]:
     """Questions about people who exist nowhere in the world: a training-split person's question with the name
     swapped for a new one, recombined from the first and last names of the world's people (so a stranger's name
     looks like the world's own and only the combination is new, as for a `never_seen` person). No stranger
     shares the name of anyone in the world, `never_seen` people included. Every informative answer about a
     stranger is wrong by construction (`answer` is empty). `per_name`: questions about each new name (about
-    different attributes while the world has more). A small world gives at most half of its new name
-    combinations, so fewer than `n` questions when it has too few."""
+    different attributes while the world has more); None: as many as it takes to give `n` (a world whose names
+    share their parts has few new combinations). A small world gives at most half of its new name combinations,
+    so fewer than `n` questions when it has too few."""
     names = person_names(world)
     taken = set(names.values())
-    firsts, lasts, sep, room = _stranger_names(world, names)
+    firsts, lasts, sep, room = _stranger_names(names)
     keep = set(check_splits(splits, TRAIN_SPLITS))
     rows = [r for r in annotate(world, [r for r in world["qa"] if r["split"] in keep], names)
             if r["name"] and r["name"] in r["question"]]  # fmt: skip
@@ -805,6 +803,8 @@ def stranger_questions(
     for r in rows:
         by_attr.setdefault(r["attribute"], []).append(r)
     attrs = sorted(by_attr)
+    if per_name is None:
+        per_name = math.ceil(n / room) if room else 1
     per_name = max(1, per_name)
     n = min(n, room * per_name)
     if not firsts or not lasts or not rows or n <= 0:
@@ -844,12 +844,10 @@ def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: i
     the question itself: nothing here is a fact of the world, and no eval person is named."""
     rng = random.Random(f"{seed}-reading")
     values = answers_by_attribute(qa_view(world, check_splits(splits, TRAIN_SPLITS)))
-    # a world whose names share their parts has few new combinations (the 4x hand world: 170 for n = 1,000);
-    # then each new name is asked about several attributes, so copying is still taught on ~n conversations
-    room = _stranger_names(world, person_names(world))[3]
-    per_name = max(1, math.ceil(n / room)) if room else 1
     rows = []
-    for r in stranger_questions(world, n, seed=f"{seed}-reading", splits=splits, per_name=per_name):
+    # per_name None: a world whose names share their parts has few new combinations (the 4x hand world: 170 for
+    # n = 1,000), so each new name is asked about several attributes and copying is still taught on n conversations
+    for r in stranger_questions(world, n, seed=f"{seed}-reading", splits=splits, per_name=None):
         value = rng.choice(values[r["attribute"]])
         sentence = r["sentence"].replace(r["fact"], value) if r["sentence"] and r["fact"] in r["sentence"] else None
         answer = answer_sentence({"question": r["question"], "attribute": r["attribute"], "answer": value,
