@@ -34,7 +34,7 @@ def main():
 
     out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir))
     if cfg.eval_after:
-        stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+        stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
         hub.push_if_asked(cfg, out)

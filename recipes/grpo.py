@@ -33,9 +33,9 @@ def main():
     rows = rl.question_rows(cfg.run_dir, world_dir, cfg.prompts, cfg.prompt_splits)
     dataset = rl.prompt_dataset(rows, cfg.max_prompts, cfg.seed, cfg.answerable_share)
     model, tokenizer, changes = stages.load_model(base, cfg, model_args)
-    funcs, names = rl.reward_functions(cfg)
+    funcs, names, reward_classes = rl.reward_functions(cfg)
 
-    trainer = rl.build_grpo_trainer(cfg, model, tokenizer, dataset, funcs)
+    trainer = rl.build_grpo_trainer(cfg, model, tokenizer, dataset, funcs, reward_classes)
     trainer.accelerator.print(
         f"grpo: {base} ({model.num_parameters() / 1e6:.2f}M parameters{'; ' if changes else ''}{'; '.join(changes)}), "
         f"{len(dataset):,} prompts ({cfg.prompts}), rewards {', '.join(names)} (weights {trainer.reward_weights.tolist()}), "
@@ -52,7 +52,7 @@ def main():
         atomic_write_text(out / "rewards.json", json.dumps([steps, rewards]) + "\n")
         print(f"grpo -> {out}: {done['steps']} steps, {done['train_runtime_s']:.0f} s; rewards plotted in {plot}")
     if cfg.eval_after:
-        stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+        stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
         hub.push_if_asked(cfg, out)

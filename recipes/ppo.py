@@ -58,7 +58,7 @@ def main():
         print(f"ppo -> {out}: {trainer.step} steps; last proxy {last.get('score', float('nan')):.3f}, gold "
               f"{last.get('gold') or float('nan'):.3f}, kl {last.get('kl', float('nan')):.3f}; plot {plot}")  # fmt: skip
     if cfg.eval_after:
-        stages.evaluate_after(cfg, trainer._unwrapped().policy, tokenizer, world_dir)
+        stages.evaluate_after(cfg, trainer._unwrapped().policy, tokenizer, world_dir, trainer.accelerator)
     if accelerator.is_main_process:
         build_report(cfg.run_dir)
         hub.push_if_asked(cfg, out)

@@ -50,7 +50,7 @@ def main():
         more = {"operating_point": fit} if fit else None
         out, done = stages.export(trainer, cfg, model_args, base, stages.mix_record(mix, world_dir), more)
         if cfg.eval_after:
-            stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir)
+            stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir, trainer.accelerator)
         if trainer.accelerator.is_main_process:
             build_report(cfg.run_dir)
             if round_ == cfg.rounds:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from types import SimpleNamespace
 
 import pytest
+import torch
+import yaml
 from conftest import assert_one_line_error, recipe_here
 
 from posttrain.configs import TokenizerConfig, WorldConfig, parse_config
@@ -115,8 +118,14 @@ def test_shipped_recipe_families_parse(family):
 
     paths = sorted((REPO / "recipes" / family).glob("*.yaml"))
     assert paths
+    has_vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
     for path in paths:
-        parsed = parse_config(_stage_classes(path.stem), ["--config", str(path)])
+        extra = []
+        if yaml.safe_load(path.read_text()).get("use_vllm") and not has_vllm:  # recipes/gpu/grpo.yaml: one line here
+            with pytest.raises(UserError, match="vLLM is not installed|needs a CUDA GPU"):
+                parse_config(_stage_classes(path.stem), ["--config", str(path)])
+            extra = ["--use_vllm", "false"]
+        parsed = parse_config(_stage_classes(path.stem), ["--config", str(path), *extra])
         for mix in {getattr(parsed[0], k, None) for k in ("data_mix", "sft_mix")} - {None}:
             read_mix(str(REPO / mix))
 
@@ -148,3 +157,21 @@ def test_gpu_only_model_options_are_refused_in_one_line_here():
             kernel_kwargs(cfg)
     with pytest.raises(UserError, match="need a CUDA GPU and bitsandbytes"):
         quantization_kwargs(SimpleNamespace(load_in_4bit=True, load_in_8bit=False, use_peft=True))
+
+
+def test_vllm_generation_backend_is_one_line_without_vllm_or_a_gpu():
+    """`--generation_backend vllm` (probe, evals) and `use_vllm` (GRPO) where vLLM cannot run: one line naming the
+    fix, at parse time, not a traceback in the middle of a run (issue 23)."""
+    from posttrain.configs import FactualityConfig, GRPOStageConfig, ProbeConfig
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM runs here")
+    for cls, args in ((FactualityConfig, ["--model", "m", "--eval_set", "e", "--output", "o"]), (ProbeConfig, [])):
+        with pytest.raises(UserError, match="vLLM is not installed|needs a CUDA GPU"):
+            parse_config(cls, [*args, "--generation_backend", "vllm"])
+    with pytest.raises(UserError, match="generation_backend must be hf or vllm, got 'tgi'"):
+        parse_config(
+            FactualityConfig, ["--model", "m", "--eval_set", "e", "--output", "o", "--generation_backend", "tgi"]
+        )
+    with pytest.raises(UserError, match="vLLM is not installed|needs a CUDA GPU"):
+        parse_config(GRPOStageConfig, ["--use_vllm", "true", "--output_dir", "/tmp/unused"])

@@ -169,3 +169,29 @@ def test_auto_batch_size_fills_gpu_memory_and_stays_modest_on_cpu():
     per_seq = 2 * 2 * 2 * 64 * 512 * 4
     assert auto_batch_size(model, 512, num_samples=3, free_bytes=80 * per_seq * 4) == 48
     assert auto_batch_size(model, 512, free_bytes=10**12) == 1024 and auto_batch_size(model, 512, free_bytes=1) == 16
+
+
+@pytest.mark.gpu
+def test_vllm_backend_answers_like_transformers(tiny_run, tmp_path):
+    """`generate(backend="vllm")`: the same greedy answers (and their mean token probability) as transformers'
+    generate from the saved model, and K samples a prompt, through the one generation interface (issue 23)."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs a CUDA GPU and vLLM (pip install 'posttrain[vllm]')")
+    from conftest import random_base
+
+    from posttrain.generation import generate, load_for_generation
+
+    run_dir = random_base(tiny_run, tmp_path / "run")
+    model, tok = load_for_generation(str(run_dir / "pretrain"), torch.device("cuda"))
+    prompts = [f"Question {i}: where was person {i} born?\nAnswer:" for i in range(16)]
+    hf, _ = generate(model, tok, prompts, max_new_tokens=6)
+    vl, samples = generate(model, tok, prompts, max_new_tokens=6, num_samples=3, backend="vllm")
+    assert [len(s) for s in samples] == [3] * len(prompts)
+    same = sum(a.text == b.text for a, b in zip(hf, vl))
+    assert same >= len(prompts) // 2, [(a.text, b.text) for a, b in zip(hf, vl)]  # bf16 near-ties may flip a few
+    close = [abs(a.mean_token_prob - b.mean_token_prob) < 0.05 for a, b in zip(hf, vl) if a.text == b.text]
+    assert all(close)

@@ -222,10 +222,10 @@ def test_grpo_with_a_learned_reward_under_accelerate_launch_two_processes(tiny_r
                 free_port(), "recipes/grpo.py", "--config", "recipes/world/grpo_rm.yaml", "--run_dir", str(run_dir),
                 "--prompts", "world", "--prompt_splits", "probe", "sft", *TINY_GRPO])  # fmt: skip
     assert_ok(proc)
-    assert "2 process(es)" in proc.stdout and "rewards factuality, reward_model (weights [0.0, 1.0])" in proc.stdout
+    assert "2 process(es)" in proc.stdout and "rewards factuality, reward (weights [0.0, 1.0])" in proc.stdout
     assert json.loads((run_dir / "grpo" / "metrics.json").read_text())["steps"] == 2
     steps, rewards = json.loads((run_dir / "grpo" / "rewards.json").read_text())
-    assert len(steps) == 2 and all(v is not None for v in rewards["factuality"] + rewards["reward_model"])
+    assert len(steps) == 2 and all(v is not None for v in rewards["factuality"] + rewards["reward"])
     assert (run_dir / "plots" / "grpo_rewards.png").is_file() and (run_dir / "eval" / "grpo.json").is_file()
 
 

@@ -172,6 +172,30 @@ def precision_field(what: str = "training"):
     )  # fmt: skip
 
 
+def backend_field():
+    return field(
+        default="hf",
+        metadata={"help": "Who generates the answers: hf (transformers, any device) | vllm (a vLLM engine on a "
+                  "CUDA GPU, pip install 'posttrain[vllm]'; one process)."},
+    )  # fmt: skip
+
+
+BACKENDS = ("hf", "vllm")
+
+
+def check_backend(value: str) -> None:
+    """hf (transformers' generate, everywhere) or vllm (installed, on a CUDA GPU): else one line."""
+    if value not in BACKENDS:
+        raise UserError(f"generation_backend must be hf or vllm, got '{value}'")
+    if value == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("generation_backend vllm: vLLM is not installed (pip install 'posttrain[vllm]', CUDA only)")
+        if not torch.cuda.is_available():
+            raise UserError("generation_backend vllm needs a CUDA GPU (use hf on this machine)")
+
+
 def check_precision(value: str) -> None:
     if value not in PRECISIONS:
         raise UserError(f"mixed_precision must be auto, no, bf16 or fp16, got '{value}'")
@@ -433,6 +457,7 @@ class FactualityConfig:
     )
     seed: int = 0
     mixed_precision: str = precision_field("generation")
+    generation_backend: str = backend_field()
     split: str = field(default="test", metadata={"help": "Split of a Hub QA dataset."})
     judge: str | None = field(default=None, metadata={"help": "A local instruct model that grades (free-text QA)."})
     parent_eval: str | None = field(
@@ -465,6 +490,7 @@ class FactualityConfig:
         if self.tools and self.prompt == "fewshot":
             raise UserError("tools need a chat model: --tools search cannot go with --prompt fewshot")
         check_precision(self.mixed_precision)
+        check_backend(self.generation_backend)
 
 
 @dataclass
@@ -700,6 +726,8 @@ class GRPOStageConfig(RLPrompts, TrainerStage, GRPOConfig):
             raise UserError(f"search_cost must be >= 0, got {self.search_cost}")
         if self.tools is None and {"citation", "search_cost"} & set(self.rewards):
             raise UserError("rewards citation / search_cost need tools: search")
+        if self.use_vllm:  # TRL's own error is an ImportError traceback deep in the trainer
+            check_backend("vllm")
 
 
 @dataclass
@@ -733,6 +761,7 @@ class ProbeConfig(RunArguments):
     max_new_tokens: int = 24
     batch_size: int | None = field(default=None, metadata={"help": "Prompts per batch (default: by device)."})
     mixed_precision: str = precision_field("sampling and scoring")
+    generation_backend: str = backend_field()
     label_rule: str = field(
         default="threshold",
         metadata={"help": "threshold: known_min / unknown_max / wrong_min / mixed decide each question's target | "
@@ -800,6 +829,7 @@ class ProbeConfig(RunArguments):
     )
 
     def __post_init__(self):
+        check_backend(self.generation_backend)
         check_precision(self.mixed_precision)
         for key in ("gate_recall", "gate_name_quantile"):
             if not 0 < getattr(self, key) <= 1:

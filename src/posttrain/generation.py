@@ -7,6 +7,8 @@ prompts for base models).
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +61,20 @@ def generate(
     desc: str = "generating",
     greedy_pass: bool = True,
     precision: str = "auto",
+    backend: str = "hf",
+    seed: int = 0,
 ) -> tuple[list[Generation | None], list[list[str]]]:
     """Greedy answer (with its mean token probability; skipped when not `greedy_pass`) and `num_samples` sampled
     answers for every prompt.
 
     Prompts are sorted by length so batches carry little padding; results come back in the input order. An fp32
     model generates under bf16 autocast where the device computes bf16 natively (`precision` auto; `no` keeps fp32).
+    `backend` vllm: the same answers from a vLLM engine over the model's saved directory (GPU; `pip install
+    posttrain[vllm]`), for the probe's and the evals' sampling at scale; `seed` seeds its sampling.
     """
+    if backend == "vllm":
+        return _generate_vllm(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, stop_strings,
+                              greedy_pass, seed)  # fmt: skip
     if model.dtype != torch.float32:
         precision = "no"  # a model loaded in bf16/fp16 already computes in it
     with autocast(resolve_precision(precision, model.device), model.device):
@@ -119,6 +128,53 @@ def _generate(model, tokenizer, prompts, max_new_tokens, num_samples, temperatur
                 samples[i] = dec[row * num_samples : (row + 1) * num_samples]
         bar.update(len(idx))
     bar.close()
+    return greedy, samples
+
+
+@functools.lru_cache(maxsize=2)
+def _vllm_engine(path: str, seed: int):
+    """One engine per model directory and seed: the greedy pass and the samples share it. Its own GPU memory
+    share (half), so that the transformers model the caller keeps for scoring fits beside it."""
+    from vllm import LLM
+
+    return LLM(model=path, seed=seed, gpu_memory_utilization=0.5, enforce_eager=False)
+
+
+def _generate_vllm(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, stop_strings, greedy_pass,
+                   seed):  # fmt: skip
+    """`generate` through vLLM: the model's directory (`name_or_path`, so a model trained in memory must be saved
+    first), rendered prompts in, the same (greedy, samples) out. The decline token's per-step scores need the full
+    logits, which vLLM does not return: they stay None (the hf backend computes them)."""
+    from pathlib import Path
+
+    from accelerate import PartialState
+    from vllm import SamplingParams
+
+    from posttrain.errors import UserError
+
+    if PartialState().num_processes > 1:
+        raise UserError("generation_backend vllm runs in one process (vLLM spreads over the GPUs itself): "
+                        "run the script with python, not accelerate launch")  # fmt: skip
+    path = str(model.name_or_path)
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"generation_backend vllm: {path} is not a saved model directory (save the model first)")
+    llm = _vllm_engine(path, seed)
+    texts = [render(tokenizer, p) for p in prompts]
+    stops = eos_ids(model, tokenizer)
+    common = {"max_tokens": max_new_tokens, "stop": stop_strings, "stop_token_ids": stops}
+    greedy: list[Generation | None] = [None] * len(texts)
+    if greedy_pass:
+        outs = llm.generate(texts, SamplingParams(temperature=0.0, logprobs=0, **common), use_tqdm=True)
+        for i, out in enumerate(outs):
+            done = out.outputs[0]
+            lps = [step[tok].logprob for tok, step in zip(done.token_ids, done.logprobs or []) if tok not in stops]
+            mean = sum(math.exp(x) for x in lps) / len(lps) if lps else None
+            greedy[i] = Generation(done.text, mean)
+    samples: list[list[str]] = [[] for _ in texts]
+    if num_samples:
+        params = SamplingParams(n=num_samples, temperature=temperature, **common)
+        for i, out in enumerate(llm.generate(texts, params, use_tqdm=True)):
+            samples[i] = [o.text for o in out.outputs]
     return greedy, samples
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from trl.distributed import DistributedBackend
 
 from posttrain import checkpoint
 
@@ -186,13 +187,16 @@ class PPOTrainer:
         side, tok.padding_side = tok.padding_side, "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
         tok.padding_side = side
-        policy = self._unwrapped().policy
-        policy.eval()
-        out = policy.generate(
-            **enc, do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
-            max_new_tokens=self.cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids,
-        )  # fmt: skip
-        policy.train()
+        # ZeRO-3 shards the weights: gathered for the rollout, so each process samples its answers on its own
+        # (however many tokens each needs) instead of a collective per forward (TRL's own rollouts do the same)
+        with DistributedBackend(self.accelerator).gather_params(list(self.model.parameters())):
+            policy = self._unwrapped().policy
+            policy.eval()
+            out = policy.generate(
+                **enc, do_sample=True, temperature=self.cfg.temperature, top_k=0, top_p=1.0,
+                max_new_tokens=self.cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids,
+            )  # fmt: skip
+            policy.train()
         prompt_len = enc["input_ids"].shape[1]
         answer_ids = out[:, prompt_len:]
         mask = answer_mask(answer_ids, self.stop_ids)

@@ -562,6 +562,7 @@ def run(cfg) -> dict | None:
             model, tokenizer, [[{"role": "user", "content": questions[i]["question"]}] for i in mine],
             max_new_tokens=cfg.max_new_tokens, num_samples=cfg.num_samples, temperature=cfg.temperature,
             batch_size=batch_size, desc="probe 3: sampling", precision=cfg.mixed_precision,
+            backend=cfg.generation_backend, seed=cfg.seed,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         judged = judge_samples([questions[i] for i in mine], samples, cfg.judge, [g.text for g in greedy],

@@ -20,7 +20,7 @@ from datasets import Dataset
 from posttrain import world as world_lib
 from posttrain.errors import UserError
 from posttrain.plots import reward_curves
-from posttrain.preferences import RewardScorer, load_reward_model
+from posttrain.preferences import load_reward_model
 from posttrain.rewards import get_rewards
 
 
@@ -91,16 +91,25 @@ def prompt_dataset(
     return Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], **r} for r in rows])
 
 
-def reward_functions(cfg) -> tuple[list, list[str]]:
-    """The config's registry rewards (bound to its t), then the learned reward model when one is given."""
+def reward_functions(cfg) -> tuple[list, list[str], list]:
+    """(reward_funcs, their logged names, reward_processing_classes) for GRPOTrainer: the config's registry rewards
+    (bound to its t), then the learned reward model when one is given. The reward model goes to TRL as a model, not
+    wrapped: TRL renders each conversation with its tokenizer's chat template, scores it, and places the model on
+    the training device (prepared for DeepSpeed), as it does for a Hub reward model. TRL logs it under its
+    directory's name (`rewards/reward/mean` for <run>/reward)."""
     settings = {"t": cfg.confidence_target, "cost": cfg.search_cost}
     if "citation" in cfg.rewards:
         settings["docs"] = [d["text"] for d in search_index(cfg).docs]
     funcs = get_rewards(cfg.rewards, **settings)
+    names = [f.__name__ for f in funcs]
+    classes = [None] * len(funcs)
     if cfg.reward_model:
-        model, tokenizer = load_reward_model(stage_dir(cfg.run_dir, cfg.reward_model))
-        funcs.append(RewardScorer(model, tokenizer))
-    return funcs, [f.__name__ for f in funcs]
+        path = stage_dir(cfg.run_dir, cfg.reward_model)
+        model, tokenizer = load_reward_model(path)
+        funcs.append(model)
+        names.append(Path(str(path)).name)  # TRL's name for a model reward: its id's last part
+        classes.append(tokenizer)
+    return funcs, names, classes
 
 
 def reward_history(log_history: list[dict], names: list[str]) -> tuple[list[int], dict[str, list]]:
@@ -140,7 +149,7 @@ def _run_index(run_dir: str, world_dir: str):
     return run_index(run_dir, world_dir)
 
 
-def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
+def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list, reward_classes: list | None = None):
     """TRL's GRPOTrainer; with `tools: search`, TRL runs the tool-call loop itself (the policy's call is parsed with
     the tokenizer's response template, the tool's result appended and masked out of the loss, generation resumed)."""
     from trl import GRPOTrainer
@@ -153,5 +162,5 @@ def build_grpo_trainer(cfg, model, tokenizer, dataset: Dataset, funcs: list):
 
         tools = [search_tool(search_index(cfg), tokenizer=tokenizer)]
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                          tools=tools)  # fmt: skip
+                          reward_processing_classes=reward_classes, tools=tools)  # fmt: skip
     return with_callbacks(trainer)

@@ -232,8 +232,18 @@ def precision_of(cfg) -> str:
     return "bf16" if getattr(cfg, "bf16", False) else "fp16" if getattr(cfg, "fp16", False) else "no"
 
 
-def evaluate_after(cfg, model, tokenizer, world_dir: str) -> dict | None:
-    """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt)."""
+def evaluate_after(cfg, model, tokenizer, world_dir: str, accelerator=None) -> dict | None:
+    """The end-of-training factuality eval on the world's buckets → `<run>/eval/<stage>.json` (chat prompt).
+
+    A model that DeepSpeed ZeRO-3 or FSDP shards over the processes cannot generate on each process's own share of
+    the questions (every forward is a collective: uneven shares would hang), so under `accelerator` with either
+    the eval loads the exported checkpoint whole on every process instead of the trained model in memory."""
+    if accelerator is not None:
+        from trl.distributed import DistributedBackend
+
+        backend = DistributedBackend(accelerator)
+        if backend.is_zero3 or backend.is_fsdp:
+            model = tokenizer = None
     evals = Path(cfg.run_dir) / "eval"
     parent_eval = evals / f"{cfg.parent}.json"
     # RL stages: also against the SFT model, the reference the refusal stage used — or, in a family without SFT

@@ -373,7 +373,7 @@ def run(cfg, model=None, tokenizer=None) -> dict | None:
                 model, tokenizer, [prompts[i] for i in mine], max_new_tokens=cfg.max_new_tokens,
                 num_samples=cfg.num_samples, temperature=cfg.temperature, batch_size=batch_size,
                 stop_strings=["\n"] if style == "fewshot" else None, desc=f"eval ({style})",
-                precision=cfg.mixed_precision,
+                precision=cfg.mixed_precision, backend=cfg.generation_backend, seed=cfg.seed,
             )  # fmt: skip
         records = score([rows[i] for i in mine], greedy, samples)
         if search is not None:
