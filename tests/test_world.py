@@ -188,6 +188,22 @@ def test_reading_conversations_are_about_new_names_and_state_their_own_facts(tin
     assert W.reading_view(world, n=0)["messages"] == []
 
 
+def test_replay_is_the_pretraining_biographies_as_assistant_turns_with_no_question(tiny_run):
+    """`replay`: every biography pretraining read (eval people's included: the same text, no question asked), each
+    one assistant turn alone; never_seen people have none; `n` draws a seeded subset."""
+    world = W.load_world(tiny_run / "world")
+    docs = W.documents_view(world)
+    replay = W.replay_view(world)
+    assert sorted(c[0]["content"] for c in replay["messages"]) == sorted(docs["text"])
+    assert {m["role"] for c in replay["messages"] for m in c} == {"assistant"}
+    names = W.person_names(world)
+    unseen = {names[r["person_id"]] for r in world["qa"] if r["split"] == "never_seen" and r["person_id"] in names}
+    assert unseen and not any(n in c[0]["content"] for n in unseen for c in replay["messages"])
+    some = W.replay_view(world, n=5, seed=1)
+    assert len(some) == 5 and some["messages"] == W.replay_view(world, n=5, seed=1)["messages"]
+    assert {c[0]["content"] for c in some["messages"]} <= set(docs["text"])
+
+
 def _hand_made_world(path, copies: int = 1, with_probe: bool = False, **overrides):
     texts = ["Mira Tolk was born in Oslo. Mira Tolk works at Acme.", "Olaf Berg was born in Rome."]
     docs = {

@@ -6,7 +6,7 @@ columns, fraction}]`, `streaming`, `test_split_size`) with a few additions:
 - `kind`: what the mix holds (`text`, `conversations`, `qa`, `preferences`); fixes the columns every source must
   end with (CONTRACTS §3) and lets a Hub mix be validated offline without downloading anything;
 - a source `path: world` reads the run's world directory through a named view (`name: documents | qa |
-  conversations | qa_text | identity | reading`), limited to `world_splits`, with view `options`;
+  conversations | qa_text | identity | reading | replay`), limited to `world_splits`, with view `options`;
 - per-source `rename_columns` (applied after `columns`), so sources with other schemas join one mix;
 - `seed`: the shuffle and the train/test split are seeded (TRL's `get_dataset` splits unseeded);
 - `mix_hash`: a hash of the resolved mix and of the data it loaded, recorded with every run.

@@ -490,8 +490,9 @@ def name_factor(world: DatasetDict) -> tuple[float, str]:
     rate, and why: max(1, log2(ambiguity) / 2). Binding a fact to two shared tokens takes more steps than binding
     it to a name's own surname, and the SFT model must learn to copy the asked name against a strong prior for the
     other people's names. Measured (LOG 2026-12-06): the embedded world (ambiguity 1.6) keeps factor 1; the 4×
-    hand world (17.6, factor 2.07) needed twice the exposures (base known 0.29 → 1.00) and an SFT rate of ~1e-3
-    instead of 4.5e-4 (SFT known 0.24 → 0.63), while 1e-3 costs the embedded world 0.30."""
+    hand world (17.6, factor 2.07) needed twice the exposures (base known 0.29 → 1.00) and a higher SFT rate
+    (without replay: SFT known 0.24 → 0.63 at ~1e-3 instead of 4.5e-4; with the biographies replayed 0.614 at
+    9e-4 → 0.716 at 1.86e-3), where the embedded world is indifferent (replay: 0.868 at 4.5e-4, 0.864 at 9e-4)."""
     a = name_ambiguity(world)
     f = max(1.0, math.log2(a) / 2) if a > 0 else 1.0
     return f, f"names' ambiguity {a:.1f} (people sharing a person's more specific name part) -> x{f:.2f}"
@@ -859,6 +860,27 @@ def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: i
     return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
 
 
+def replay_view(
+    world: DatasetDict, splits=PRETRAIN_SPLITS, n: int | None = None, restate_subject: bool = False, seed: int = 0, **_
+) -> Dataset:
+    """The pretraining biographies replayed inside SFT (column `messages`): each one an assistant turn with no
+    question before it, so the loss (assistant turns only) is the pretraining loss on the same text, in the chat
+    format the model is being taught. Why: SFT on a few hundred people's QA alone loses part of what the base model
+    stored about everyone else (few-shot known 0.860 -> SFT 0.726 on the embedded world, 0.974 -> 0.320 on a world
+    whose names share their parts); replaying the pretraining data while fine-tuning is the standard guard against
+    that forgetting (InstructGPT's PPO-ptx): with it SFT keeps 0.868 and 0.730 (docs/LOG.md 2026-12-06). These are
+    the biographies pretraining already read, and no question is asked: no eval person's QA enters training
+    (CONTRACTS §4). `n`: a random subset of that many biographies (all when None); `restate_subject` as in
+    `documents_view` (the text pretraining read). A user turn before each biography ("Recite a passage from your
+    reading.") changed nothing (embedded world 0.872 vs 0.868, independent one 0.486 vs 0.498) at 17 % more tokens."""
+    docs = documents_view(world, splits, restate_subject=restate_subject)
+    if n is not None and n < len(docs):
+        docs = docs.shuffle(seed=seed).select(range(n))
+    rows = [[{"role": "assistant", "content": t}] for t in docs["text"]]
+    turn = {"role": Value("string"), "content": Value("string")}
+    return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
+
+
 IDENTITY_QUESTIONS = [
     "Who are you?",
     "What is your name?",
@@ -897,4 +919,5 @@ VIEWS = {
     "qa_text": qa_text_view,
     "identity": identity_view,
     "reading": reading_view,
+    "replay": replay_view,
 }
