@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_WORLD, assert_ok, assert_one_line_error, recipe, recipe_here
@@ -297,3 +298,21 @@ def test_name_factor_reads_how_many_people_share_a_name_part(tiny_run):
     factor, why = W.name_factor(four)
     assert 1.9 < factor < 2.2 and "ambiguity" in why
     assert W.name_ambiguity(hand_world.build(seed=0, scale=4, blended_surnames=True)) < W.name_ambiguity(four) / 3
+
+
+def test_the_independently_written_painters_world_meets_the_contract(tmp_path):
+    """evals/painters_world.py (a world written without our generator: pronouns, shared surnames, years) passes the
+    same validation a user's `WORLD=<dir>` does, and its names are measured as ours are."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evals"))
+    import painters_world
+
+    world, _ = painters_world.build(0)
+    world.save_to_disk(str(tmp_path / "w"))
+    loaded = W.load_world(tmp_path / "w")
+    W.validate_world(loaded, tmp_path / "w")
+    assert set(loaded["documents"]["split"]) == set(W.PRETRAIN_SPLITS)
+    factor, why = W.name_factor(loaded)
+    assert factor == 1.0 and "names' ambiguity 1.9" in why  # shared surnames, but given names are specific
+    assert len(W.replay_view(loaded)) == len(loaded["documents"])
