@@ -412,13 +412,15 @@ def replicas_in_sync(model, accelerator) -> bool | None:
 
 
 def fp32_output_layer(model) -> None:
-    """Keep the output layer out of autocast: logits (and their gradient into the last hidden state) in fp32."""
+    """Keep the output layer out of autocast: logits (and their gradient into the last hidden state) in fp32. The
+    weight is read in fp32 too, so a DeepSpeed bf16 engine (which holds the weights themselves in bf16) gets the
+    same fp32 logits; with fp32 master weights the cast is a no-op."""
     head = model.get_output_embeddings()
-    forward = head.forward
 
     def fp32_forward(x):
         with torch.autocast(x.device.type, enabled=False):
-            return forward(x.float())
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(x.float(), head.weight.float(), bias)
 
     head.forward = fp32_forward
 
