@@ -24,6 +24,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # under `make test` (pytest-xdist): t
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def vllm_here() -> bool:
+    """vLLM installed and a CUDA GPU to run it on (the `vllm` generation backend and GRPO's `use_vllm`)."""
+    import torch
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
 TINY_WORLD = ["--n_sft", "30", "--n_probe", "30", "--n_eval_known", "15", "--n_eval_rare", "15", "--n_never_seen", "15"]
 
 

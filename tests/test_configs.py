@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from types import SimpleNamespace
 
 import pytest
-import torch
 import yaml
-from conftest import assert_one_line_error, recipe_here
+from conftest import assert_one_line_error, recipe_here, vllm_here
 
 from posttrain.configs import TokenizerConfig, WorldConfig, parse_config
 from posttrain.errors import UserError
@@ -118,7 +116,7 @@ def test_shipped_recipe_families_parse(family):
 
     paths = sorted((REPO / "recipes" / family).glob("*.yaml"))
     assert paths
-    has_vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    has_vllm = vllm_here()
     for path in paths:
         extra = []
         if yaml.safe_load(path.read_text()).get("use_vllm") and not has_vllm:  # recipes/gpu/grpo.yaml: one line here
@@ -161,17 +159,20 @@ def test_gpu_only_model_options_are_refused_in_one_line_here():
 
 def test_vllm_generation_backend_is_one_line_without_vllm_or_a_gpu():
     """`--generation_backend vllm` (probe, evals) and `use_vllm` (GRPO) where vLLM cannot run: one line naming the
-    fix, at parse time, not a traceback in the middle of a run (issue 23)."""
+    fix, at parse time, not a traceback in the middle of a run (issue 23); where it can, they parse."""
     from posttrain.configs import FactualityConfig, GRPOStageConfig, ProbeConfig
 
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        pytest.skip("vLLM runs here")
-    for cls, args in ((FactualityConfig, ["--model", "m", "--eval_set", "e", "--output", "o"]), (ProbeConfig, [])):
+    eval_args = ["--model", "m", "--eval_set", "e", "--output", "o"]
+    with pytest.raises(UserError, match="generation_backend must be hf or vllm, got 'tgi'"):
+        parse_config(FactualityConfig, [*eval_args, "--generation_backend", "tgi"])
+    grpo_args = ["--use_vllm", "true", "--output_dir", "/tmp/unused"]
+    if vllm_here():
+        for cls, args in ((FactualityConfig, eval_args), (ProbeConfig, [])):
+            assert parse_config(cls, [*args, "--generation_backend", "vllm"])[0].generation_backend == "vllm"
+        assert parse_config(GRPOStageConfig, grpo_args)[0].use_vllm
+        return
+    for cls, args in ((FactualityConfig, eval_args), (ProbeConfig, [])):
         with pytest.raises(UserError, match="vLLM is not installed|needs a CUDA GPU"):
             parse_config(cls, [*args, "--generation_backend", "vllm"])
-    with pytest.raises(UserError, match="generation_backend must be hf or vllm, got 'tgi'"):
-        parse_config(
-            FactualityConfig, ["--model", "m", "--eval_set", "e", "--output", "o", "--generation_backend", "tgi"]
-        )
     with pytest.raises(UserError, match="vLLM is not installed|needs a CUDA GPU"):
-        parse_config(GRPOStageConfig, ["--use_vllm", "true", "--output_dir", "/tmp/unused"])
+        parse_config(GRPOStageConfig, grpo_args)

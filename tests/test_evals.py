@@ -175,13 +175,11 @@ def test_auto_batch_size_fills_gpu_memory_and_stays_modest_on_cpu():
 def test_vllm_backend_answers_like_transformers(tiny_run, tmp_path):
     """`generate(backend="vllm")`: the same greedy answers (and their mean token probability) as transformers'
     generate from the saved model, and K samples a prompt, through the one generation interface (issue 23)."""
-    import importlib.util
-
     import torch
+    from conftest import random_base, vllm_here
 
-    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+    if not vllm_here():
         pytest.skip("needs a CUDA GPU and vLLM (pip install 'posttrain[vllm]')")
-    from conftest import random_base
 
     from posttrain.generation import generate, load_for_generation
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_WORLD, assert_ok, assert_one_line_error, recipe, recipe_here
@@ -305,7 +304,7 @@ def test_the_independently_written_painters_world_meets_the_contract(tmp_path):
     same validation a user's `WORLD=<dir>` does, and its names are measured as ours are."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evals"))
+    sys.path.insert(0, str(REPO / "evals"))
     import painters_world
 
     world, _ = painters_world.build(0)

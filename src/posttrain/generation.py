@@ -137,7 +137,7 @@ def _vllm_engine(path: str, seed: int):
     share (half), so that the transformers model the caller keeps for scoring fits beside it."""
     from vllm import LLM
 
-    return LLM(model=path, seed=seed, gpu_memory_utilization=0.5, enforce_eager=False)
+    return LLM(model=path, seed=seed, gpu_memory_utilization=0.5)
 
 
 def _generate_vllm(model, tokenizer, prompts, max_new_tokens, num_samples, temperature, stop_strings, greedy_pass,
