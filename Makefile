@@ -76,7 +76,7 @@ else
 	$(VPY) recipes/world.py --config recipes/world/world.yaml --run_dir $(RUN_DIR) $(if $(WORLD),--from_dir $(WORLD)) $(ARGS) $(WORLD_ARGS)
 	$(VPY) recipes/tokenizer.py --config recipes/world/tokenizer.yaml --run_dir $(RUN_DIR) $(ARGS) $(TOKENIZER_ARGS)
 	$(VPY) recipes/pretrain.py --config recipes/world/pretrain.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(PRETRAIN_ARGS)
-	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 500 --num_samples 1 $(EVAL_ARGS)
+	$(VPY) evals/factuality.py --model $(RUN_DIR)/pretrain --eval_set $(RUN_DIR) --output $(RUN_DIR)/eval/pretrain.json --max_per_bucket 500 --num_samples 0 $(EVAL_ARGS)
 	$(VPY) recipes/sft.py --config recipes/world/sft.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(SFT_ARGS)
 	$(if $(filter 1,$(PROBE)),$(VPY) recipes/probe.py --config recipes/world/probe.yaml --run_dir $(RUN_DIR) $(if $(filter 1,$(SEARCH)),--search_sft true) $(ARGS) $(PROBE_ARGS))
 	$(if $(filter 1,$(REFUSAL)),$(VPY) recipes/sft.py --config recipes/world/refusal.yaml --run_dir $(RUN_DIR) $(RESUME) $(ARGS) $(REFUSAL_ARGS))

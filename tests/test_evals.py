@@ -121,6 +121,26 @@ def test_factuality_cli_on_the_world(tiny_run, tiny_model, tmp_path):
         assert m["correct"] == pytest.approx(mine.count(CORRECT) / len(mine))
 
 
+def test_calibration_without_samples_reads_the_token_probability():
+    """--num_samples 0: the contract's calibration AUROC/ECE rank the greedy answer's token probability (the
+    speedrun's evals sample nothing); with samples they rank the samples' agreement."""
+    from posttrain.evals.factuality import summarize
+
+    def rec(grade_, prob, samples):
+        agree = None if not samples else sum(x == "a" for x in samples) / len(samples)
+        return {"bucket": "known", "grade": grade_, "confidence": agree, "token_prob": prob, "samples": samples}
+
+    grades = [CORRECT, CORRECT, INCORRECT, INCORRECT, NOT_ATTEMPTED]
+    probs = [0.9, 0.4, 0.6, 0.1, 0.5]
+    result, _ = summarize([rec(g, p, []) for g, p in zip(grades, probs)], "m", "e")
+    cal = result["calibration"]
+    assert cal["auroc"] == cal["auroc_token_prob"] == 0.75 and cal["ece"] == cal["ece_token_prob"]
+    assert cal["n_attempted"] == 4 and "token probability" in cal["confidence"]
+    samples = [["a", "a"], ["b", "b"], ["a", "b"], ["b", "b"], []]  # agreement 1, 0, 0.5, 0
+    result, _ = summarize([rec(g, p, s) for g, p, s in zip(grades, probs, samples)], "m", "e")
+    assert result["calibration"]["auroc"] == 0.625 and "agreement" in result["calibration"]["confidence"]
+
+
 def test_factuality_cli_on_a_qa_file_with_simpleqa_columns(tiny_model, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(

@@ -272,20 +272,23 @@ def summarize(records: list[dict], model: str, eval_set: str, extra: dict | None
         result["attributes"] = {a: bucket_metrics(g) for a, g in sorted(by_attr.items())}
     attempted = [rec for rec in records if rec["grade"] != NOT_ATTEMPTED]
     ok = [rec["grade"] == CORRECT for rec in attempted]
-    conf = [rec["confidence"] for rec in attempted if rec["confidence"] is not None]
-    ok_conf = [y for rec, y in zip(attempted, ok) if rec["confidence"] is not None]
     tprob = [rec["token_prob"] for rec in attempted if rec["token_prob"] is not None]
     ok_tprob = [y for rec, y in zip(attempted, ok) if rec["token_prob"] is not None]
+    # with fewer than two samples a question agrees 0 or 1: the reliability plot bins on token probability instead,
+    # and with none at all (--num_samples 0) the calibration's confidence is the token probability
+    by_tokens = all(len(rec.get("samples") or []) < 2 for rec in attempted)
+    sampled = any(rec["confidence"] is not None for rec in attempted)
+    conf = [rec["confidence"] for rec in attempted if rec["confidence"] is not None] if sampled else tprob
+    ok_conf = [y for rec, y in zip(attempted, ok) if rec["confidence"] is not None] if sampled else ok_tprob
     result["calibration"] = {
         "auroc": auroc(conf, ok_conf),
         "ece": ece(conf, ok_conf),
         "auroc_token_prob": auroc(tprob, ok_tprob),
         "ece_token_prob": ece(tprob, ok_tprob),
         "n_attempted": len(attempted),
-        "confidence": "agreement of sampled answers with the greedy answer",
-    }
-    # with fewer than two samples a question agrees 0 or 1: the reliability plot bins on token probability instead
-    by_tokens = all(len(rec.get("samples") or []) < 2 for rec in attempted)
+        "confidence": ("agreement of sampled answers with the greedy answer" if sampled
+                       else "mean token probability of the greedy answer (no samples)"),
+    }  # fmt: skip
     result["calibration"]["plot_confidence"] = PLOT_TOKEN_PROB if by_tokens else PLOT_AGREEMENT
     result.update(extra or {})
     return clean(result), reliability_bins(*((tprob, ok_tprob) if by_tokens else (conf, ok_conf)))
