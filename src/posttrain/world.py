@@ -833,6 +833,12 @@ def stranger_questions(
     return out
 
 
+def messages_dataset(rows: list[list[dict]]) -> Dataset:
+    """Conversations as a `messages` column with its schema stated, so an empty view still has it."""
+    turn = {"role": Value("string"), "content": Value("string")}
+    return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
+
+
 def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: int = 0, **_) -> Dataset:
     """Reading conversations about made-up people (column `messages`): the user states a fact about a stranger and
     asks it back ("Gregor Achter grew up on Fuday. Which island is Gregor Achter from?"); the assistant answers in
@@ -856,8 +862,7 @@ def reading_view(world: DatasetDict, splits=TRAIN_SPLITS, n: int = 1000, seed: i
         if value in answer:  # a user's world with no sentence stating this fact: nothing to read
             rows.append([{"role": "user", "content": f"{answer} {r['question']}"},
                          {"role": "assistant", "content": answer}])  # fmt: skip
-    turn = {"role": Value("string"), "content": Value("string")}
-    return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
+    return messages_dataset(rows)
 
 
 def replay_view(
@@ -877,8 +882,7 @@ def replay_view(
     if n is not None and n < len(docs):
         docs = docs.shuffle(seed=seed).select(range(n))
     rows = [[{"role": "assistant", "content": t}] for t in docs["text"]]
-    turn = {"role": Value("string"), "content": Value("string")}
-    return Dataset.from_dict({"messages": rows}, features=Features({"messages": [turn]}))
+    return messages_dataset(rows)
 
 
 IDENTITY_QUESTIONS = [
