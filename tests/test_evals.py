@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import REPO, assert_ok, assert_one_line_error, recipe_here, run
+from conftest import REPO, assert_ok, assert_one_line_error, recipe_here, run, vllm_here
 from transformers import AutoTokenizer
 
 from posttrain.evals.grading import CORRECT, INCORRECT, NOT_ATTEMPTED, grade, normalize
@@ -192,14 +192,12 @@ def test_auto_batch_size_fills_gpu_memory_and_stays_modest_on_cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not vllm_here(), reason="needs a CUDA GPU and vLLM (pip install 'posttrain[vllm]')")
 def test_vllm_backend_answers_like_transformers(tiny_run, tmp_path):
     """`generate(backend="vllm")`: the same greedy answers (and their mean token probability) as transformers'
     generate from the saved model, and K samples a prompt, through the one generation interface (issue 23)."""
     import torch
-    from conftest import random_base, vllm_here
-
-    if not vllm_here():
-        pytest.skip("needs a CUDA GPU and vLLM (pip install 'posttrain[vllm]')")
+    from conftest import random_base
 
     from posttrain.generation import generate, load_for_generation
 
