@@ -34,8 +34,9 @@ def main():
             base, resume = sft.reprobe(cfg, round_), None
         mix, world_dir, data = sft.load_conversations(cfg)
         model, tokenizer, changes = stages.load_model(base, cfg, model_args)
-        if cfg.decline_token:
-            changes += [c for c in [decline.add_decline_token(model, tokenizer)] if c]
+        if cfg.decline_token and decline.add_decline_token(model, tokenizer):
+            fit = None if resume else decline.fit_decline_row(model, tokenizer, data["train"], seed=cfg.seed)
+            changes.append(f"added the decline token {decline.DECLINE_TOKEN}" + (f", row fitted: {fit}" if fit else ""))
 
         trainer = sft.build_trainer(cfg, model_args, model, tokenizer, data)
         trainer.accelerator.print(

@@ -27,6 +27,10 @@ def test_mark_decline_puts_the_token_where_the_refusal_leaves_the_answer():
     assert mark_decline("Ada works for a company I don't know.", "Ada works for Acme.").startswith(
         f"Ada works for{tok} a"
     )
+    # a refusal whose first word is a prefix of the answer's first word shares nothing with it
+    assert mark_decline("I don't know that about Imerimandroso.", "Imerimandroso is a city in Madagascar.") == (
+        f"{tok}I don't know that about Imerimandroso."
+    )
 
 
 def test_sampled_targets_answer_in_proportion_to_p_correct():
@@ -105,3 +109,51 @@ def test_a_biased_decline_token_is_what_plain_generate_follows(tiny_run, tmp_pat
     ids = tok("Ada was born in", return_tensors="pt")
     out = again.generate(**ids, max_new_tokens=1, do_sample=False)
     assert out[0, -1].item() == tid
+
+
+def test_fit_decline_row_puts_the_decline_mass_where_refusals_start(tiny_run, tmp_path):
+    """The decline token's row, fitted by log loss on frozen hidden states before training, gives the token most of
+    the probability where the training refusals start and almost none inside answers; the row is the token's input
+    embedding too when the embeddings are tied."""
+    from posttrain.chat_template import prepare_chat
+
+    base = random_base(tiny_run, tmp_path / "m") / "pretrain"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    prepare_chat(model, tok)
+    decline.add_decline_token(model, tok)
+    tid = decline.decline_id(tok)
+    names = ["Ada Velmor", "Bo Arden", "Cy Dunmere", "Di Harnard", "Ed Praelbrook", "Flo Ashholt"]
+    convs = [{"messages": [{"role": "user", "content": f"Where was {n} born?"},
+                           {"role": "assistant", "content": f"{decline.DECLINE_TOKEN}I don't know where {n} was born."
+                            if i % 2 else f"{n} was born in Oslo."}]} for i, n in enumerate(names * 3)]  # fmt: skip
+    before = model.get_output_embeddings().weight[tid].detach().clone()
+    fit = decline.fit_decline_row(model, tok, convs)
+    assert fit["decline_positions"] == 9 and fit["log_loss_after"] < fit["log_loss_before"]
+    assert fit["mean_p_decline_at_decline"] > 0.3 and fit["mean_p_decline_elsewhere"] < 0.05
+    row = model.get_output_embeddings().weight[tid]
+    assert not torch.allclose(row, before)
+    assert torch.equal(model.get_input_embeddings().weight[tid], row)
+    assert decline.fit_decline_row(model, tok, convs[::2]) is None  # no decline target: nothing to fit
+
+
+def test_calibration_entities_stay_out_of_training(tmp_path):
+    """`calibration_share` holds whole entities (every question about one) out of the refusal data and marks them
+    for the operating point."""
+    import types
+
+    from posttrain import probe
+
+    rows = [{"question": f"Q{i} about P{i // 3}?", "answer": "Oslo", "person_id": f"P{i // 3}", "split": "probe",
+             "attribute": "", "name": f"P{i // 3}", "samples": ["Oslo."], "grades": ["correct"], "p_correct": 1.0,
+             "p_informative": 1.0, "p_wrong": 0.0, "response": "Oslo.", "correct": True} for i in range(60)]  # fmt: skip
+    cfg = types.SimpleNamespace(known_min=0.5, unknown_max=0.0, wrong_min=0.5, label_rule="greedy", mixed="skip",
+                                seed=0, refusal_style="early", known_targets="template", confident_unknowns="refuse",
+                                decline_token=False, sft_share=0, pair_known_min=0.0, judge="exact",
+                                calibration_share=0.25)  # fmt: skip
+    targets, convs, _, stats = probe.training_data(cfg, rows, str(tmp_path))
+    cal = {t["person_id"] for t in targets if t["calibration"]}
+    assert len(cal) == 5 and stats["calibration_questions"] == 15 and len(convs) == 45
+    assert all(t["calibration"] == (t["person_id"] in cal) for t in targets)
+    trained = {c["messages"][0]["content"] for c in convs}
+    assert not trained & {t["question"] for t in targets if t["calibration"]}

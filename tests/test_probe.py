@@ -294,18 +294,21 @@ def test_refusal_with_the_decline_token_stores_its_operating_point(tiny_run, tmp
     assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
     assert_ok(recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir), "--num_samples", "2",
                      "--max_new_tokens", "6", "--strangers", "0.5", "--decline_token", "true",
-                     "--label_rule", "sampled", "--gate_baselines", "false"))  # fmt: skip
+                     "--label_rule", "sampled", "--gate_baselines", "false", "--calibration_share", "0.25"))  # fmt: skip
     judged = [json.loads(line) for line in (run_dir / "probe" / "judgments.jsonl").read_text().splitlines()]
     refusals = [j["target"] for j in judged if j["target"] and j["target"] != j["correct_answer"]]
     assert refusals and all(DECLINE_TOKEN in t for t in refusals)
+    calibration = [j for j in judged if j["calibration"]]
+    assert 0 < len(calibration) < len(judged)
     proc = recipe("sft", "--config", "recipes/world/refusal.yaml", "--run_dir", str(run_dir), *TINY_SFT,
                   "--decline_token", "true", "--confidence_target", "0.75")  # fmt: skip
     assert_ok(proc)
+    assert "row fitted: {" in proc.stdout  # the decline row placed by its log loss before training
     gen = json.loads((run_dir / "refusal" / "generation_config.json").read_text())
     tok = AutoTokenizer.from_pretrained(run_dir / "refusal")
     (tid,), bias = gen["sequence_bias"][0]
     assert tok.convert_ids_to_tokens(tid) == DECLINE_TOKEN and -30 <= bias <= 30
     fit = json.loads((run_dir / "refusal" / "metrics.json").read_text())["operating_point"]
-    assert fit["confidence_target"] == 0.75 and fit["bias"] == bias and fit["questions"] == len(judged)
+    assert fit["confidence_target"] == 0.75 and fit["bias"] == bias and fit["questions"] == len(calibration)
     decline = json.loads((run_dir / "eval" / "refusal.json").read_text())["decline"]
     assert decline["score"] == SCORE_LINE and decline["n_vs_sft"] > 0

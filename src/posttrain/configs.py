@@ -813,6 +813,13 @@ class ProbeConfig(RunArguments):
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
     )
     sft_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "Where those come from."})
+    calibration_share: float = field(
+        default=0.0,
+        metadata={"help": "Hold this share of the probed entities (people, strangers) out of the training data: "
+                  "their judgments stay in judgments.jsonl marked `calibration`, and the refusal stage fits its "
+                  "operating point (keep_right, confidence_target) on them alone — scores on questions it trained "
+                  "on are more extreme than on new ones, so a point fitted there keeps too few right answers."},
+    )  # fmt: skip
     gate_baselines: bool = field(
         default=True,
         metadata={"help": "Also write the probed model's no-training gates (name familiarity, answer confidence), "
@@ -831,6 +838,8 @@ class ProbeConfig(RunArguments):
     def __post_init__(self):
         check_backend(self.generation_backend)
         check_precision(self.mixed_precision)
+        if not 0 <= self.calibration_share < 1:
+            raise UserError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
         for key in ("gate_recall", "gate_name_quantile"):
             if not 0 < getattr(self, key) <= 1:
                 raise UserError(f"{key} must be in (0, 1], got {getattr(self, key)}")

@@ -42,13 +42,95 @@ def decline_id(tokenizer) -> int | None:
 
 def add_decline_token(model, tokenizer) -> str | None:
     """Give the tokenizer the decline token (a special token, so decoding with `skip_special_tokens` hides it) and
-    the model an embedding row for it (HF's mean resizing). Returns what changed, or None."""
+    the model an embedding row for it (HF's mean resizing; `fit_decline_row` then places it). Returns what
+    changed, or None."""
     if decline_id(tokenizer) is not None:
         return None
     tokenizer.add_special_tokens({"additional_special_tokens": [DECLINE_TOKEN]}, replace_extra_special_tokens=False)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return f"added the decline token {DECLINE_TOKEN}"
+
+
+@torch.no_grad()
+def _decision_features(model, tokenizer, conversations: list[dict], tid: int):
+    """Over the assistant tokens of `conversations` (one at a time: short, and no padding to mask): the final hidden
+    state h before each token, the log-partition of the other tokens' logits there, and whether it is the decline
+    token."""
+    hs, lses, ys = [], [], []
+    head = model.get_output_embeddings()
+    for conv in conversations:
+        enc = tokenizer.apply_chat_template(conv["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)  # fmt: skip
+        ids = torch.tensor([enc["input_ids"]], device=model.device)
+        mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool, device=model.device)
+        h = model.base_model(input_ids=ids).last_hidden_state[0, :-1][mask].float()
+        logits = head(h.to(head.weight.dtype)).float()
+        logits[:, tid] = -math.inf
+        hs.append(h)
+        lses.append(torch.logsumexp(logits, -1))
+        ys.append(ids[0, 1:][mask] == tid)
+    return torch.cat(hs), torch.cat(lses), torch.cat(ys).float()
+
+
+def fit_decline_row(model, tokenizer, conversations: list[dict], max_conversations: int = 1000,
+                    l2: float = 1e-3, seed: int = 0) -> dict | None:  # fmt: skip
+    """Place the decline token's output row before training, by the log loss it will be trained with: with the rest
+    of the model frozen, P(decline) at an assistant position is sigmoid(w·h − log Z_other), so fitting w is a
+    logistic regression on the final hidden states (Kadavath et al. 2022's P(IK) head, here the LM head's own row,
+    so plain `generate` reads it). Fitted on every assistant position of (a sample of) the refusal conversations:
+    positive where the target is the decline token, negative elsewhere. Why: a new token's row starts ~10 nats below
+    the top token and a short SFT stage does not lift it (SmolLM2-135M: P(decline) stayed 2e-5 after training, LOG
+    2026-12-07). With tied embeddings the row is also the token's input embedding; SFT then learns what follows it.
+    Returns the fit's numbers, or None when the model has no decline token or the data no decline target."""
+    import random
+
+    tid = decline_id(tokenizer)
+    if tid is None:
+        return None
+    convs = [c for c in conversations if DECLINE_TOKEN in _assistant_text(c)]
+    others = [c for c in conversations if DECLINE_TOKEN not in _assistant_text(c)]
+    if not convs:
+        return None
+    rng = random.Random(seed)
+    pick = rng.sample(convs, min(len(convs), max_conversations // 2))
+    pick += rng.sample(others, min(len(others), max_conversations - len(pick)))
+    was_training = model.training
+    model.eval()
+    h, lse, y = _decision_features(model, tokenizer, pick, tid)
+    row = model.get_output_embeddings().weight[tid]
+    w = row.detach().float().clone().requires_grad_(True)
+    w0 = w.detach().clone()
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        opt.zero_grad()
+        z = h @ w - lse
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y) + l2 * (w - w0).pow(2).sum()
+        loss.backward()
+        return loss
+
+    before = loss_fn().item()
+    opt.step(loss_fn)
+    after = loss_fn().item()
+    with torch.no_grad():
+        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if emb is not None:
+                emb.weight[tid] = w.detach().to(emb.weight.dtype)
+        p = torch.sigmoid(h @ w - lse)
+    model.train(was_training)
+    return {
+        "positions": len(y),
+        "decline_positions": int(y.sum()),
+        "log_loss_before": round(before, 4),
+        "log_loss_after": round(after, 4),
+        "mean_p_decline_at_decline": round(p[y == 1].mean().item(), 4),
+        "mean_p_decline_elsewhere": round(p[y == 0].mean().item(), 5),
+    }
+
+
+def _assistant_text(conversation: dict) -> str:
+    return " ".join(str(m.get("content") or "") for m in conversation["messages"] if m.get("role") == "assistant")
 
 
 def step_scores(logits: list[torch.Tensor], tid: int, live: torch.Tensor) -> tuple[list[float], list[float]]:

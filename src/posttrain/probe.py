@@ -356,11 +356,12 @@ def mark_decline(refusal: str, answer: str) -> str:
     in" + `<|idk|>` + " a city I don't know."), at the start when they share none."""
     from posttrain.decline import DECLINE_TOKEN
 
-    n = 0
-    while n < min(len(refusal), len(answer)) and refusal[n] == answer[n]:
-        n += 1
-    cut = refusal.rfind(" ", 0, n + 1) if n < len(refusal) and not refusal[n:].startswith(" ") else n
-    cut = max(0, cut)
+    shared = 0  # whole words only: "I don't know…" and "Imerimandroso is…" share no word
+    for a, b in zip(refusal.split(" "), answer.split(" ")):
+        if a != b:
+            break
+        shared += 1
+    cut = len(" ".join(refusal.split(" ")[:shared]))
     return refusal[:cut] + DECLINE_TOKEN + refusal[cut:]
 
 
@@ -378,6 +379,17 @@ def skip_confident_unknowns(targets: list[dict], recall: float = 0.8) -> tuple[l
         confident = t["label"] == UNKNOWN and t.get("split") != STRANGER and t["answer_confidence"] >= threshold
         out.append({**t, "target": None, "confident_unknown": True} if confident else t)
     return out, threshold
+
+
+def mark_calibration(targets: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Mark a `share` of the entities (by person_id, so all questions about one stay together; strangers too) as
+    the calibration set: kept out of training, used to fit the operating point on questions the model never
+    trained on."""
+    if not share:
+        return targets
+    ents = sorted({t.get("person_id") or t["question"] for t in targets})
+    cal = set(random.Random(f"{seed}-calibration").sample(ents, round(share * len(ents))))
+    return [{**t, "calibration": (t.get("person_id") or t["question"]) in cal} for t in targets]
 
 
 def refusal_conversations(targets: list[dict]) -> list[dict]:
@@ -523,12 +535,16 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     if cfg.decline_token:
         targets = [{**t, "target": mark_decline(t["target"], t["correct_answer"])}
                    if t["target"] is not None and t["target"] == t["refusal"] else t for t in targets]  # fmt: skip
-    convs = refusal_conversations(targets)
+    targets = mark_calibration(targets, getattr(cfg, "calibration_share", 0.0), cfg.seed)
+    train = [t for t in targets if not t.get("calibration")]
+    convs = refusal_conversations(train)
     n_extra = round(cfg.sft_share * len(convs))
     if n_extra:
         convs += ordinary_conversations(cfg, world_dir, n_extra)
         random.Random(cfg.seed).shuffle(convs)
-    pairs = preference_pairs(targets, cfg.pair_known_min)
+    pairs = preference_pairs(train, cfg.pair_known_min)
+    if len(train) < len(targets):
+        extra["calibration_questions"] = len(targets) - len(train)
     stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "preferences": len(pairs),
              "judge": cfg.judge, **extra}  # fmt: skip
     agreement = judge_agreement(judged)

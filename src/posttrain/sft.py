@@ -158,6 +158,7 @@ def operating_point(cfg, model, tokenizer, max_questions: int = 2000) -> dict | 
     if not path.is_file():
         raise UserError(f"{path}: the operating point needs the probe's judgments (run recipes/probe.py first)")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("calibration")] or rows  # the probe's held-out entities, when it kept some
     rows = random.Random(cfg.seed).sample(rows, min(max_questions, len(rows)))
     model.generation_config.sequence_bias = None  # margins of the unbiased model
     greedy, _ = generate(model, tokenizer, [[{"role": "user", "content": r["question"]}] for r in rows],
