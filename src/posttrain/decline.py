@@ -88,8 +88,9 @@ def fit_decline_row(model, tokenizer, conversations: list[dict], max_conversatio
     tid = decline_id(tokenizer)
     if tid is None:
         return None
-    convs = [c for c in conversations if DECLINE_TOKEN in _assistant_text(c)]
-    others = [c for c in conversations if DECLINE_TOKEN not in _assistant_text(c)]
+    convs, others = [], []
+    for c in conversations:
+        (convs if DECLINE_TOKEN in _assistant_text(c) else others).append(c)
     if not convs:
         return None
     rng = random.Random(seed)
@@ -98,8 +99,7 @@ def fit_decline_row(model, tokenizer, conversations: list[dict], max_conversatio
     was_training = model.training
     model.eval()
     h, lse, y = _decision_features(model, tokenizer, pick, tid)
-    row = model.get_output_embeddings().weight[tid]
-    w = row.detach().float().clone().requires_grad_(True)
+    w = model.get_output_embeddings().weight[tid].detach().float().clone().requires_grad_(True)
     w0 = w.detach().clone()
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
 

@@ -535,7 +535,7 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     if cfg.decline_token:
         targets = [{**t, "target": mark_decline(t["target"], t["correct_answer"])}
                    if t["target"] is not None and t["target"] == t["refusal"] else t for t in targets]  # fmt: skip
-    targets = mark_calibration(targets, getattr(cfg, "calibration_share", 0.0), cfg.seed)
+    targets = mark_calibration(targets, cfg.calibration_share, cfg.seed)
     train = [t for t in targets if not t.get("calibration")]
     convs = refusal_conversations(train)
     n_extra = round(cfg.sft_share * len(convs))
