@@ -37,7 +37,7 @@ def main():
         stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
-        hub.push_if_asked(cfg, out)
+        hub.finish_stage(cfg, out)
         print(
             f"dpo -> {out}: {done['steps']} steps, train loss {done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s"
         )

@@ -55,7 +55,7 @@ def main():
         stages.evaluate_after(cfg, trainer.model, tokenizer, world_dir, trainer.accelerator)
     if trainer.accelerator.is_main_process:
         build_report(cfg.run_dir)
-        hub.push_if_asked(cfg, out)
+        hub.finish_stage(cfg, out)
     trainer.accelerator.wait_for_everyone()
     trainer.end()
 

@@ -61,7 +61,7 @@ def main():
         stages.evaluate_after(cfg, trainer._unwrapped().policy, tokenizer, world_dir, trainer.accelerator)
     if accelerator.is_main_process:
         build_report(cfg.run_dir)
-        hub.push_if_asked(cfg, out)
+        hub.finish_stage(cfg, out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

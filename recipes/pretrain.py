@@ -113,7 +113,7 @@ def main():
     if accelerator.is_main_process:
         loss_curves(records, cfg.stage_dir("plots") / "pretrain_loss.png", "Pretraining")
         build_report(cfg.run_dir)
-        hub.push_if_asked(cfg, out)
+        hub.finish_stage(cfg, out)
         print(
             f"pretrain -> {out}: val loss {summary['val_loss']:.4f}, {summary['val_bpb']:.4f} bits/byte, "
             f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} ({result['peak_source']})"

@@ -51,7 +51,7 @@ def main():
     if trainer.accelerator.is_main_process:
         atomic_write_text(out / "pairwise_accuracy.json", json.dumps(acc, indent=2) + "\n")
         build_report(cfg.run_dir)
-        hub.push_if_asked(cfg, out)
+        hub.finish_stage(cfg, out)
         print(
             f"reward -> {out}: {done['steps']} steps, train loss {done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s"
         )

@@ -55,7 +55,7 @@ def main():
         if trainer.accelerator.is_main_process:
             build_report(cfg.run_dir)
             if round_ == cfg.rounds:
-                hub.push_if_asked(cfg, out)
+                hub.finish_stage(cfg, out)
             print(f"{cfg.stage} -> {out}: {done['steps']} steps, {done['tokens']:,} tokens, train loss "
                   f"{done['train_loss']:.4f}, {done['train_runtime_s']:.0f} s")  # fmt: skip
         trainer.accelerator.wait_for_everyone()  # no process tears the group down while another still reports

@@ -154,19 +154,29 @@ def test_judgments_labels_and_targets():
 def test_own_answers_as_known_targets_end_after_the_sentence_that_gives_the_answer():
     q = {"question": "What is the currency of Japan?", "answer": "Yen", "aliases": ["JPY"], "person_id": "c1",
          "attribute": "currency", "split": "probe"}  # fmt: skip
-    greedy = ["The currency of Japan is the yen. It is issued by the Bank of", "It is the JPY.",
-              "The currency of Japan is the", "The dollar."]  # fmt: skip
-    rows = probe.judge_samples([q] * 4, [["Yen."] * 2] * 4, greedy=greedy)
-    assert [r["correct"] for r in rows] == [True, True, False, False]
+    greedy = [
+        "The currency of Japan is the yen. It is issued by the Bank of",
+        "It is the JPY.",
+        "The currency of Japan is the",
+        "The dollar.",
+        "The currency of Japan is the yen (JPY), which is issued by the Bank of",
+        "In Japan people pay in yen and",
+    ]
+    rows = probe.judge_samples([q] * 6, [["Yen."] * 2] * 6, greedy=greedy)
+    assert [r["correct"] for r in rows] == [True, True, False, False, True, True]
     own = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5), known_targets="own")
     template = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5))
     assert own[0]["target"] == "The currency of Japan is the yen.", "cut after the sentence, never mid-sentence"
     assert own[1]["target"] == "It is the JPY.", "right by an alias: the whole (complete) answer"
     assert own[2]["target"] == own[3]["target"] == template[2]["target"], "a wrong greedy answer: the world's sentence"
+    assert own[4]["target"] == "The currency of Japan is the yen (JPY).", "cut off: the last clause that holds it"
+    assert own[5]["target"] == template[5]["target"], "cut off with no clause boundary: the world's sentence"
     assert all(t["label"] == "known" for t in own) and template[0]["target"] != own[0]["target"]
     # greedy labels: what the greedy answer got, whatever the samples say (here all four samples were right)
     greedy = probe.training_targets(rows, probe.LabelRule(0.5, 0.0, 0.5, greedy=True), known_targets="own")
-    assert [t["label"] for t in greedy] == ["known", "known", "mixed", "mixed"], "wrong greedy, right samples: mixed"
+    assert [t["label"] for t in greedy][:4] == ["known", "known", "mixed", "mixed"], (
+        "wrong greedy, right samples: mixed"
+    )
     wrong = probe.judge_samples([q], [["The dollar.", "Pounds."]], greedy=["The yen."])
     assert probe.LabelRule(0.5, 0.0, 0.5, greedy=True)(wrong[0]) == "known"
     assert probe.LabelRule(0.5, 0.0, 0.5)(wrong[0]) == "unknown", "the sample rule calls it unknown"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, assert_ok, free_port, random_base, recipe, run
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -158,6 +159,8 @@ def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
     assert result["calibration"]["plot_confidence"] == "mean token probability of the answer", "1 sample per question"
     assert (base / "plots" / "sft_loss.png").is_file() and "## sft" in (base / "report.md").read_text()
     assert sorted(p.name for p in (base / "checkpoints" / "sft").glob("checkpoint-*")) == ["checkpoint-4"]
+    card = ModelCard.load(out / "README.md")  # written with the export, no push asked: the folder carries its scores
+    assert card.data.model_name == f"{base.name}-sft" and {r.dataset_split for r in card.data.eval_results} >= {"known"}
 
 
 def test_lora_saves_and_merges_an_adapter(base, tmp_path):

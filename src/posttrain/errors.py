@@ -110,6 +110,24 @@ def _close_progress_bars() -> None:
             pass
 
 
+def _exit_launched_worker() -> None:
+    """Under `accelerate launch` with several processes, end a worker whose work is done without the interpreter's
+    finalization. The recipes have already written everything (atomically), finished the trackers and destroyed the
+    process group; what is left are C++ destructors (gloo's worker threads, a DDP reducer's) that run in no fixed
+    order at finalization and now and then abort a finished worker ("terminate called without an active
+    exception", a non-zero exit after all its work; pytorch/pytorch#179291 describes the race). Not written by hand
+    elsewhere: no library offers a clean exit for this."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import logging
+
+    _close_progress_bars()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def entrypoint(main: Callable[[], object]) -> None:
     """Run `main`, turning any exception into one line on stderr and exit code 2 (bad input) or 1 (bug).
 
@@ -120,6 +138,7 @@ def entrypoint(main: Callable[[], object]) -> None:
         sys.argv.remove("--debug")
     try:
         main()
+        _exit_launched_worker()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

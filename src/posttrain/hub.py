@@ -115,6 +115,13 @@ def build_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str |
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def write_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str | Path | None = None) -> Path:
+    """The card as the folder's README.md (atomically), where `from_pretrained` users and the Hub read it."""
+    path = Path(stage_dir) / "README.md"
+    atomic_write_text(path, str(build_card(stage_dir, repo_id, run_dir)))
+    return path
+
+
 def upload_files(stage_dir: str | Path) -> list[str]:
     """The files an upload of `stage_dir` sends (relative paths), with the same filter `upload_folder` applies."""
     stage_dir = Path(stage_dir)
@@ -130,8 +137,7 @@ def push(stage_dir: str | Path, repo_id: str, revision: str | None = None, priva
     if not (stage_dir / "config.json").is_file():
         raise UserError(f"{stage_dir}: no config.json — nothing to push (run the stage first)")
     check_repo_id(repo_id)
-    card = build_card(stage_dir, repo_id, run_dir)
-    atomic_write_text(stage_dir / "README.md", str(card))
+    write_card(stage_dir, repo_id, run_dir)
     files = upload_files(stage_dir)
     where = f"{repo_id}{f'@{revision}' if revision else ''}"
     if dry_run:
@@ -153,6 +159,14 @@ def push(stage_dir: str | Path, repo_id: str, revision: str | None = None, priva
     print(f"pushed {len(files)} files from {stage_dir} to https://huggingface.co/{repo_id}"
           f"{f'/tree/{revision}' if revision else ''}")  # fmt: skip
     return files
+
+
+def finish_stage(cfg, stage_dir: str | Path) -> None:
+    """A training recipe's last step: the stage folder gets its model card (README.md, written with every export
+    as alignment-handbook does, so a folder inspected locally or loaded by another tool carries its lineage and
+    scores), then the push when `--push_to_hub` was given."""
+    write_card(stage_dir, cfg.hub_model_id if cfg.hub_push_requested() else None, cfg.run_dir)
+    push_if_asked(cfg, stage_dir)
 
 
 def push_if_asked(cfg, stage_dir: str | Path) -> None:

@@ -301,8 +301,23 @@ def own_answer(row: dict) -> str | None:
     sentences = re.split(r"(?<=[.!?])\s+", text)
     for n in range(1, len(sentences) + 1):
         if grade(" ".join(sentences[:n]), [row["answer"]]) == CORRECT:
-            return " ".join(sentences[:n])
+            return _complete(" ".join(sentences[:n]), row["answer"])
     return text if text.endswith((".", "!", "?")) else None  # right by an alias: the whole answer, if complete
+
+
+def _complete(answer: str, truth: str) -> str | None:
+    """A target that ends as a sentence: an answer cut off by the sampling budget ("... located in the South of
+    China, specifically in the") ends at the last clause boundary that still gives the fact, with a full stop; None
+    when no such clause holds it. Trained on, a cut-off answer teaches the model to stop mid-sentence (and the
+    half-phrase it stopped on)."""
+    if answer.endswith((".", "!", "?")):
+        return answer
+    cuts = [m.start() for m in re.finditer(r"[,;:(]", answer)]
+    for cut in reversed(cuts):
+        head = answer[:cut].rstrip()
+        if grade(head, [truth]) == CORRECT:
+            return head + "."
+    return None
 
 
 def training_targets(
