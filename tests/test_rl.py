@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_ok, free_port, random_base, recipe_here, run
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GenerationConfig
 
 from posttrain import ppo, rl
 from posttrain.configs import GRPOStageConfig
@@ -214,15 +214,20 @@ def _random_reward_model(run_dir: Path) -> None:
 
 def test_grpo_with_a_learned_reward_under_accelerate_launch_two_processes(tiny_run, tmp_path):
     """RLHF without a value model: GRPO on 2 processes scores answers with a reward model (weight 1) and logs the
-    gold factuality reward beside it (weight 0); both are plotted."""
+    gold factuality reward beside it (weight 0); both are plotted. The GRPO model keeps the operating point its
+    parent's generation_config.json holds (a refusal stage's sequence_bias)."""
     run_dir = _rl_run(tiny_run, tmp_path)
     _random_reward_model(run_dir)
+    config = GenerationConfig.from_pretrained(run_dir / "refusal")
+    config.sequence_bias = [[[7], -1.5]]
+    config.save_pretrained(run_dir / "refusal")
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     proc = run([accelerate, "launch", "--config_file", "accelerate_configs/multi_cpu.yaml", "--main_process_port",
                 free_port(), "recipes/grpo.py", "--config", "recipes/world/grpo_rm.yaml", "--run_dir", str(run_dir),
                 "--prompts", "world", "--prompt_splits", "probe", "sft", *TINY_GRPO])  # fmt: skip
     assert_ok(proc)
     assert "2 process(es)" in proc.stdout and "rewards factuality, reward (weights [0.0, 1.0])" in proc.stdout
+    assert GenerationConfig.from_pretrained(run_dir / "grpo").sequence_bias == [[[7], -1.5]]
     assert json.loads((run_dir / "grpo" / "metrics.json").read_text())["steps"] == 2
     steps, rewards = json.loads((run_dir / "grpo" / "rewards.json").read_text())
     assert len(steps) == 2 and all(v is not None for v in rewards["factuality"] + rewards["reward"])
