@@ -115,11 +115,9 @@ def build_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str |
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def write_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str | Path | None = None) -> Path:
+def write_card(stage_dir: str | Path, repo_id: str | None = None, run_dir: str | Path | None = None) -> None:
     """The card as the folder's README.md (atomically), where `from_pretrained` users and the Hub read it."""
-    path = Path(stage_dir) / "README.md"
-    atomic_write_text(path, str(build_card(stage_dir, repo_id, run_dir)))
-    return path
+    atomic_write_text(Path(stage_dir) / "README.md", str(build_card(stage_dir, repo_id, run_dir)))
 
 
 def upload_files(stage_dir: str | Path) -> list[str]:
@@ -164,9 +162,11 @@ def push(stage_dir: str | Path, repo_id: str, revision: str | None = None, priva
 def finish_stage(cfg, stage_dir: str | Path) -> None:
     """A training recipe's last step: the stage folder gets its model card (README.md, written with every export
     as alignment-handbook does, so a folder inspected locally or loaded by another tool carries its lineage and
-    scores), then the push when `--push_to_hub` was given."""
-    write_card(stage_dir, cfg.hub_model_id if cfg.hub_push_requested() else None, cfg.run_dir)
-    push_if_asked(cfg, stage_dir)
+    scores), then the push when `--push_to_hub` was given (`push` writes the card itself, before any upload)."""
+    if cfg.hub_push_requested():
+        push_if_asked(cfg, stage_dir)
+    else:
+        write_card(stage_dir, run_dir=cfg.run_dir)
 
 
 def push_if_asked(cfg, stage_dir: str | Path) -> None:
