@@ -8,8 +8,9 @@ MFU is against the measured fp32 matmul peak (bf16's `mfu_bf16` against the meas
 without native bf16 only fp32 is timed and `bf16_over_fp32` is 1.0. Last line: one JSON object (CONTRACTS §6).
 
 Then the SmolLM2 SFT step (the packaged SmolLM2-135M-Instruct, converted once; TRL's SFTTrainer, one optimizer
-step on a batch of `--sft_batch` conversations of `--sft_len` tokens) with `bf16` off and on, alternating; the
-losses of both runs' first steps are printed side by side (same data, same seed). `--no_smollm2` skips it.
+step on a batch of `--sft_batch` conversations of `--sft_len` tokens, the LM head as our SFT stage runs it on a CPU;
+`--trl_head`: TRL's fused head as it is) with `bf16` off and on, alternating; the losses of both runs' first steps
+are printed side by side (same data, same seed). `--no_smollm2` skips it.
 
     python bench/pretrain_throughput.py [--steps 30] [--rounds 2] [--depth 4] [--seq_len 512] [--batch 8]
 """
@@ -116,6 +117,10 @@ def sft_steps(args) -> None:
                     shuffle_dataset=False)  # fmt: skip
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[Clock()])  # fmt: skip
+    if not args.trl_head:  # as posttrain.sft.build_trainer does on a CPU
+        from posttrain.sft import unfused_head_on_cpu
+
+        unfused_head_on_cpu(trainer.model)
     trainer.train()
     print(json.dumps({"step_s": sum(times[2:]) / len(times[2:]), "losses": losses}))
 
@@ -130,7 +135,8 @@ def smollm2_sft(args, tmp: str) -> dict:
         for prec in ("no", "bf16"):
             cmd = [sys.executable, __file__, "--sft", "--run_dir", tmp, "--model_dir", str(model_dir),
                    f"--precision={prec}"] + [f"--{k}={getattr(args, k)}" for k in
-                                             ("threads", "sft_steps", "sft_batch", "sft_len")]  # fmt: skip
+                                             ("threads", "sft_steps", "sft_batch", "sft_len")]
+            cmd += ["--trl_head"] if args.trl_head else []  # fmt: skip
             out = json.loads(subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
                              .stdout.strip().splitlines()[-1])  # fmt: skip
             best[prec] = min(best.get(prec, float("inf")), out["step_s"])
@@ -160,6 +166,9 @@ def main():
     p.add_argument("--sft_steps", type=int, default=6)
     p.add_argument("--sft_batch", type=int, default=8)
     p.add_argument("--sft_len", type=int, default=128)
+    p.add_argument("--trl_head", action="store_true",
+                   help="Time the SmolLM2 step with TRL's fused LM head as it is (our SFT stage answers it from the "
+                        "logits on a CPU: posttrain.sft.unfused_head_on_cpu).")  # fmt: skip
     p.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sft", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)

@@ -136,6 +136,46 @@ def test_freeze_below_trains_only_the_top_of_the_model():
         freeze_below(model, 0)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_unfused_head_on_cpu_matches_trls_fused_head(precision):
+    """`unfused_head_on_cpu` answers `fused_lm_head=True` from the logits: the same loss, per-token outputs and
+    gradients as TRL's fused head (the same weights, the same batch with ignored labels), and plain calls untouched."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from posttrain.sft import unfused_head_on_cpu
+
+    torch.manual_seed(0)
+    theirs = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    ours = copy.deepcopy(theirs)
+    outputs = ("log_probs", "entropy", "is_top1")
+    add_fused_lm_head(theirs, outputs=outputs)
+    add_fused_lm_head(ours, outputs=outputs)
+    unfused_head_on_cpu(ours)
+    ids = torch.randint(0, 300, (3, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[2, 9:] = -100
+    got = {}
+    for name, model in (("theirs", theirs), ("ours", ours)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(input_ids=ids, labels=labels, fused_lm_head=True, num_items_in_batch=torch.tensor(20))
+        out.loss.backward()
+        got[name] = (out, {k: p.grad.clone() for k, p in model.named_parameters()})
+    (a, grads_a), (b, grads_b) = got["theirs"], got["ours"]
+    tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]
+    assert torch.equal(a.label_mask, b.label_mask) and torch.equal(a.is_top1, b.is_top1)
+    for field in ("loss", "log_probs", "entropy"):
+        assert torch.allclose(getattr(a, field).float(), getattr(b, field).float(), atol=tol, rtol=tol), field
+    for k in grads_a:
+        assert torch.allclose(grads_a[k], grads_b[k], atol=tol, rtol=10 * tol), k
+    plain_a, plain_b = theirs(input_ids=ids, labels=ids), ours(input_ids=ids, labels=ids)
+    assert torch.allclose(plain_a.loss, plain_b.loss) and plain_b.logits.shape == (3, 12, 300)
+
+
 def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
     proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT)
     assert_ok(proc)
