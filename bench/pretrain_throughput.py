@@ -135,8 +135,8 @@ def smollm2_sft(args, tmp: str) -> dict:
         for prec in ("no", "bf16"):
             cmd = [sys.executable, __file__, "--sft", "--run_dir", tmp, "--model_dir", str(model_dir),
                    f"--precision={prec}"] + [f"--{k}={getattr(args, k)}" for k in
-                                             ("threads", "sft_steps", "sft_batch", "sft_len")]
-            cmd += ["--trl_head"] if args.trl_head else []  # fmt: skip
+                                             ("threads", "sft_steps", "sft_batch", "sft_len")]  # fmt: skip
+            cmd += ["--trl_head"] if args.trl_head else []
             out = json.loads(subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
                              .stdout.strip().splitlines()[-1])  # fmt: skip
             best[prec] = min(best.get(prec, float("inf")), out["step_s"])
