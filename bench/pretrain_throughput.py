@@ -8,9 +8,10 @@ MFU is against the measured fp32 matmul peak (bf16's `mfu_bf16` against the meas
 without native bf16 only fp32 is timed and `bf16_over_fp32` is 1.0. Last line: one JSON object (CONTRACTS §6).
 
 Then the SmolLM2 SFT step (the packaged SmolLM2-135M-Instruct, converted once; TRL's SFTTrainer, one optimizer
-step on a batch of `--sft_batch` conversations of `--sft_len` tokens, the LM head as our SFT stage runs it on a CPU;
-`--trl_head`: TRL's fused head as it is) with `bf16` off and on, alternating; the losses of both runs' first steps
-are printed side by side (same data, same seed). `--no_smollm2` skips it.
+step on a batch of `--sft_batch` conversations of `--sft_len` tokens, the LM head as the SmolLM2 recipes run it on a
+CPU — in bf16 under bf16; `--trl_head`: TRL's fused head as it is, fp32 on a CPU) with `bf16` off and on,
+alternating; the losses of both runs' first steps are printed side by side (same data, same seed). `--no_smollm2`
+skips it.
 
     python bench/pretrain_throughput.py [--steps 30] [--rounds 2] [--depth 4] [--seq_len 512] [--batch 8]
 """
@@ -120,7 +121,7 @@ def sft_steps(args) -> None:
     if not args.trl_head:  # as posttrain.sft.build_trainer does on a CPU
         from posttrain.sft import unfused_head_on_cpu
 
-        unfused_head_on_cpu(trainer.model)
+        unfused_head_on_cpu(trainer.model, fp32=False)  # as recipes/smollm2/*.yaml set it (fp32_lm_head: false)
     trainer.train()
     print(json.dumps({"step_s": sum(times[2:]) / len(times[2:]), "losses": losses}))
 
