@@ -142,6 +142,7 @@ def unfused_head_on_cpu(model, fp32: bool = True) -> None:
         hidden = target.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         labels = labels[:, 1:].to(hidden.device)
         mask = labels != -100
+        targets = labels[mask]
         head = target.get_output_embeddings()
         if fp32:  # as TRL's head computes it off CUDA
             with torch.autocast(hidden.device.type, enabled=False):
@@ -150,10 +151,10 @@ def unfused_head_on_cpu(model, fp32: bool = True) -> None:
         else:
             logits = head(hidden[mask])  # only the positions that are scored
         log_probs_all = logits.float().log_softmax(-1)
-        picked = log_probs_all.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1)
+        picked = log_probs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
-            is_top1 = logits.argmax(-1) == labels[mask]
+            is_top1 = logits.argmax(-1) == targets
         log_probs = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
         n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(
