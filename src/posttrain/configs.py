@@ -789,7 +789,8 @@ class ProbeConfig(RunArguments):
     refusal_style: str = field(
         default="early",
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
-                  "(declines where the fact would come) | auto: early for strangers, late for the world's people."},
+                  "(declines where the fact would come) | auto: early for strangers, late for the world's people | plain: "
+                  "'I don't know.' (one text everywhere: a refusal as likely for one question as for another)."},
     )  # fmt: skip
     known_targets: str = field(
         default="template",
@@ -852,8 +853,8 @@ class ProbeConfig(RunArguments):
             raise UserError(f"label_rule must be threshold, sampled or greedy, got '{self.label_rule}'")
         if self.mixed not in ("skip", "refuse", "hedge"):
             raise UserError(f"mixed must be skip, refuse or hedge, got '{self.mixed}'")
-        if self.refusal_style not in ("early", "late", "auto"):
-            raise UserError(f"refusal_style must be early, late or auto, got '{self.refusal_style}'")
+        if self.refusal_style not in ("early", "late", "auto", "plain", "first"):
+            raise UserError(f"refusal_style must be early, late, auto, plain or first, got '{self.refusal_style}'")
         if self.known_targets not in ("template", "own"):
             raise UserError(f"known_targets must be template or own, got '{self.known_targets}'")
         if self.confident_unknowns not in ("refuse", "skip"):

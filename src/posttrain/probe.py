@@ -267,7 +267,8 @@ LATE_REFUSALS = {
     "employer": "a company I don't know",
     "work_city": "a city I don't know",
 }
-REFUSAL_STYLES = ("early", "late", "auto")  # auto: early for strangers (an unknown name), late for the world's people
+REFUSAL_STYLES = ("early", "late", "auto", "plain", "first")  # auto: early for strangers, late for the world's people
+PLAIN_REFUSAL = "I don't know."  # `plain`: one fixed text, so a refusal's own probability is the same everywhere
 GENERIC_REFUSALS = ["I don't know the answer to that.", "I'm not sure; I don't have that information."]
 HEDGES = ["I'm not certain, but I think the answer is {answer}."]
 
@@ -276,8 +277,14 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     """A refusal that names what is not known: `early` ("I don't know where Ada Velmor was born.") or `late`
     ("Ada Velmor was born in a city I don't know."), or `auto` (early for a stranger, whose name alone says the
     model cannot know; late for the world's people); a generic one for questions of a user's own world."""
+    if style == "plain":
+        return PLAIN_REFUSAL
     attr = row.get("attribute", "")
     name = world_lib._subject_of(row["question"], attr)
+    if style == "first":  # the answer's first word, then one fixed text: "Ada … I don't know."
+        sentence = world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"}) if name else ""
+        first = name.split(" ")[0] if name and sentence.startswith(name) else ""
+        return f"{first} … {PLAIN_REFUSAL}" if first else PLAIN_REFUSAL
     if style == "auto":
         style = "early" if row.get("split") == STRANGER else "late"
     if name and style == "late" and attr in LATE_REFUSALS:
