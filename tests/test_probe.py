@@ -207,6 +207,24 @@ def test_every_refusal_template_reads_as_an_abstention():
     assert is_abstention(probe.refusal_text({"question": "What?", "attribute": "hobby"}, rng))
 
 
+def test_first_word_refusals_share_the_answers_first_word_and_take_the_decline_token_after_it():
+    """`first`: the answer's first word, then one fixed refusal, so the decision falls where the model predicts the
+    rest of the name; `plain`: the fixed refusal alone (a question of a user's world without its sentence)."""
+    from posttrain.decline import DECLINE_TOKEN
+
+    rng = random.Random(0)
+    row = {"question": "In which city was Ada Velmor born?", "attribute": "birth_city", "answer": "Oslo"}
+    text = probe.refusal_text(row, rng, "first")
+    assert text == "Ada … I don't know." and is_abstention(text)
+    assert probe.mark_decline(text, "Ada Velmor was born in Oslo.") == f"Ada{DECLINE_TOKEN} … I don't know."
+    stranger = {"question": "Where does Odette Garby live?", "attribute": "work_city", "split": "stranger"}
+    assert probe.refusal_text(stranger, rng, "first") == "Odette … I don't know."  # no answer needed
+    assert probe.refusal_text({"question": "What?", "attribute": "hobby"}, rng, "first") == probe.PLAIN_REFUSAL
+    assert probe.refusal_text(row, rng, "plain") == probe.PLAIN_REFUSAL
+    with pytest.raises(UserError, match="refusal_style must be"):
+        parse_config(ProbeConfig, args=["--run_dir", "r", "--refusal_style", "middle"])
+
+
 @pytest.mark.slow
 def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     """probe.py on a tiny trained model writes inspectable files and gate baselines; sft.py with refusal.yaml

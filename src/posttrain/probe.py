@@ -276,15 +276,18 @@ HEDGES = ["I'm not certain, but I think the answer is {answer}."]
 def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     """A refusal that names what is not known: `early` ("I don't know where Ada Velmor was born.") or `late`
     ("Ada Velmor was born in a city I don't know."), or `auto` (early for a stranger, whose name alone says the
-    model cannot know; late for the world's people); a generic one for questions of a user's own world."""
+    model cannot know; late for the world's people); a generic one for questions of a user's own world. `first`
+    ("Ada … I don't know."): the answer's first word, so that with the decline token after it the decision falls
+    where the model predicts the rest of the name, which a 4-layer model reads as familiarity and a first-step
+    decision cannot (docs/LOG.md 2026-12-07); `plain`: "I don't know." alone."""
     if style == "plain":
         return PLAIN_REFUSAL
     attr = row.get("attribute", "")
     name = world_lib._subject_of(row["question"], attr)
-    if style == "first":  # the answer's first word, then one fixed text: "Ada … I don't know."
-        sentence = world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"}) if name else ""
-        first = name.split(" ")[0] if name and sentence.startswith(name) else ""
-        return f"{first} … {PLAIN_REFUSAL}" if first else PLAIN_REFUSAL
+    if style == "first":  # the answer's first word when it starts naming the person, then one fixed text
+        who = (name or row.get("name") or "").split(" ")[0]
+        sentence = world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"}) if who else ""
+        return f"{who} … {PLAIN_REFUSAL}" if who and sentence.split(" ")[0] == who else PLAIN_REFUSAL
     if style == "auto":
         style = "early" if row.get("split") == STRANGER else "late"
     if name and style == "late" and attr in LATE_REFUSALS:
