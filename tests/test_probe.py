@@ -271,8 +271,10 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     from safetensors.torch import load_file
 
     sft_w, ref_w = (load_file(run_dir / d / "model.safetensors") for d in ("sft", "refusal"))
-    assert (sft_w["model.embed_tokens.weight"] == ref_w["model.embed_tokens.weight"]).all(), "embeddings frozen"
-    assert not (sft_w["lm_head.weight"] == ref_w["lm_head.weight"]).all(), "the head trained"
+    emb, n = ref_w["model.embed_tokens.weight"], len(sft_w["model.embed_tokens.weight"])
+    assert len(emb) == n + 1, "the decline token's row added (recipes/world/refusal.yaml: decline_token)"
+    assert (sft_w["model.embed_tokens.weight"] == emb[:n]).all(), "embeddings frozen"
+    assert not (sft_w["lm_head.weight"] == ref_w["lm_head.weight"][:n]).all(), "the head trained"
     result = json.loads((run_dir / "eval" / "refusal.json").read_text())
     assert result["vs_parent"]["parent"] == str(run_dir / "sft")
     assert {"known_correct", "never_seen_hallucination", "refusal_shift"} <= set(result["vs_parent"])
