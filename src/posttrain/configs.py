@@ -789,8 +789,9 @@ class ProbeConfig(RunArguments):
     refusal_style: str = field(
         default="early",
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
-                  "(declines where the fact would come) | auto: early for strangers, late for the world's people | plain: "
-                  "'I don't know.' (one text everywhere: a refusal as likely for one question as for another)."},
+                  "(declines where the fact would come) | auto: early for strangers, late for the world's people | "
+                  "first: 'X … I don't know.' (the answer's first word: with decline_token the decision falls where "
+                  "the model predicts the rest of the name) | plain: 'I don't know.'"},
     )  # fmt: skip
     known_targets: str = field(
         default="template",

@@ -267,7 +267,6 @@ LATE_REFUSALS = {
     "employer": "a company I don't know",
     "work_city": "a city I don't know",
 }
-REFUSAL_STYLES = ("early", "late", "auto", "plain", "first")  # auto: early for strangers, late for the world's people
 PLAIN_REFUSAL = "I don't know."  # `plain`: one fixed text, so a refusal's own probability is the same everywhere
 GENERIC_REFUSALS = ["I don't know the answer to that.", "I'm not sure; I don't have that information."]
 HEDGES = ["I'm not certain, but I think the answer is {answer}."]
