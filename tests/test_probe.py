@@ -225,6 +225,26 @@ def test_first_word_refusals_share_the_answers_first_word_and_take_the_decline_t
         parse_config(ProbeConfig, args=["--run_dir", "r", "--refusal_style", "middle"])
 
 
+def test_first_word_refusals_follow_a_user_worlds_own_sentences():
+    """A user's world whose answer sentence opens with a clause: the refusal keeps the words up to the first name
+    (the decline token then still falls before the surname); a stranger uses the sentence it borrowed; where the
+    fact comes before the name there is no such point, and the refusal is the fixed text alone."""
+    from posttrain.decline import DECLINE_TOKEN
+
+    rng = random.Random(0)
+    sentence = "By all accounts, Ada Velmor was born in Oslo."
+    row = {"question": "Name the hometown of Ada Velmor.", "attribute": "hometown", "answer": "Oslo",
+           "name": "Ada Velmor", "sentence": sentence}  # fmt: skip
+    text = probe.refusal_text(row, rng, "first")
+    assert text == "By all accounts, Ada … I don't know." and is_abstention(text)
+    assert probe.mark_decline(text, sentence) == f"By all accounts, Ada{DECLINE_TOKEN} … I don't know."
+    stranger = {**row, "name": "Odette Garby", "answer": "", "fact": "Oslo", "split": "stranger",
+                "sentence": "Notably, Odette Garby was born in Oslo."}  # fmt: skip
+    assert probe.refusal_text(stranger, rng, "first") == "Notably, Odette … I don't know."
+    fact_first = {**row, "sentence": "Born in Oslo, Ada Velmor studied law."}
+    assert probe.refusal_text(fact_first, rng, "first") == probe.PLAIN_REFUSAL
+
+
 @pytest.mark.slow
 def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     """probe.py on a tiny trained model writes inspectable files and gate baselines; sft.py with refusal.yaml

@@ -276,17 +276,15 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     """A refusal that names what is not known: `early` ("I don't know where Ada Velmor was born.") or `late`
     ("Ada Velmor was born in a city I don't know."), or `auto` (early for a stranger, whose name alone says the
     model cannot know; late for the world's people); a generic one for questions of a user's own world. `first`
-    ("Ada … I don't know."): the answer's first word, so that with the decline token after it the decision falls
-    where the model predicts the rest of the name, which a 4-layer model reads as familiarity and a first-step
-    decision cannot (docs/LOG.md 2026-12-07); `plain`: "I don't know." alone."""
+    ("Ada … I don't know."): the answer up to the person's first name, so that with the decline token after it the
+    decision falls where the model predicts the rest of the name, which a 4-layer model reads as familiarity and a
+    first-step decision cannot (docs/LOG.md 2026-12-07); `plain`: "I don't know." alone."""
     if style == "plain":
         return PLAIN_REFUSAL
     attr = row.get("attribute", "")
     name = world_lib._subject_of(row["question"], attr)
-    if style == "first":  # the answer's first word when it starts naming the person, then one fixed text
-        who = (name or row.get("name") or "").split(" ")[0]
-        sentence = world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"}) if who else ""
-        return f"{who} … {PLAIN_REFUSAL}" if who and sentence.split(" ")[0] == who else PLAIN_REFUSAL
+    if style == "first":
+        return _first_word_refusal(row, (name or row.get("name") or "").split(" ")[0])
     if style == "auto":
         style = "early" if row.get("split") == STRANGER else "late"
     if name and style == "late" and attr in LATE_REFUSALS:
@@ -299,6 +297,21 @@ def refusal_text(row: dict, rng: random.Random, style: str = "early") -> str:
     if row.get("name"):  # a user's own world without that sentence: generic forms, still naming the person
         return f"{row['name']}: I don't know." if style == "late" else f"I don't know that about {row['name']}."
     return rng.choice(GENERIC_REFUSALS)
+
+
+def _first_word_refusal(row: dict, first_name: str) -> str:
+    """`first`: the answer sentence up to the person's first name, then one fixed text ("Ada … I don't know.";
+    "Notably, Ada … I don't know." where the world's sentence opens with a clause), so the decline token after it
+    falls where the model predicts the surname. The sentence is the row's own (a user's world; a stranger borrows
+    one) or ours; "I don't know." alone when the name does not come before the fact."""
+    sentence = row.get("sentence") or world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"})
+    fact = row.get("answer") or row.get("fact") or ""
+    words = sentence.split(" ") if first_name else []
+    if first_name in words:
+        head = " ".join(words[: words.index(first_name) + 1])
+        if not (fact and fact in sentence and sentence.index(fact) < len(head)):
+            return f"{head} … {PLAIN_REFUSAL}"
+    return PLAIN_REFUSAL
 
 
 def own_answer(row: dict) -> str | None:
@@ -557,7 +570,7 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     if cfg.label_rule == "sampled":
         targets = sampled_targets(targets, cfg.seed)
     if cfg.decline_token:
-        targets = [{**t, "target": mark_decline(t["target"], t["correct_answer"])}
+        targets = [{**t, "target": mark_decline(t["target"], t.get("sentence") or t["correct_answer"])}
                    if t["target"] is not None and t["target"] == t["refusal"] else t for t in targets]  # fmt: skip
     targets = mark_calibration(targets, cfg.calibration_share, cfg.seed)
     train = [t for t in targets if not t.get("calibration")]
