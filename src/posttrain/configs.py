@@ -790,8 +790,8 @@ class ProbeConfig(RunArguments):
         default="early",
         metadata={"help": "early: 'I don't know where X was born.' | late: 'X was born in a city I don't know.' "
                   "(declines where the fact would come) | auto: early for strangers, late for the world's people | "
-                  "first: 'X … I don't know.' (the answer's first word: with decline_token the decision falls where "
-                  "the model predicts the rest of the name) | plain: 'I don't know.'"},
+                  "first: 'X … I don't know.' (the answer up to the person's first name: with decline_token the decision "
+                  "falls where the model predicts the rest of the name) | plain: 'I don't know.'"},
     )  # fmt: skip
     known_targets: str = field(
         default="template",
