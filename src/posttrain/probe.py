@@ -304,9 +304,11 @@ def _first_word_refusal(row: dict, first_name: str) -> str:
     "Notably, Ada … I don't know." where the world's sentence opens with a clause), so the decline token after it
     falls where the model predicts the surname. The sentence is the row's own (a user's world; a stranger borrows
     one) or ours; "I don't know." alone when the name does not come before the fact."""
+    if not first_name:
+        return PLAIN_REFUSAL
     sentence = row.get("sentence") or world_lib.answer_sentence({**row, "answer": row.get("answer") or "?"})
     fact = row.get("answer") or row.get("fact") or ""
-    words = sentence.split(" ") if first_name else []
+    words = sentence.split(" ")
     if first_name in words:
         head = " ".join(words[: words.index(first_name) + 1])
         if not (fact and fact in sentence and sentence.index(fact) < len(head)):
