@@ -182,6 +182,19 @@ def test_own_answers_as_known_targets_end_after_the_sentence_that_gives_the_answ
     assert probe.LabelRule(0.5, 0.0, 0.5)(wrong[0]) == "unknown", "the sample rule calls it unknown"
 
 
+def test_self_replay_keeps_one_line_queries_and_answers_up_to_their_last_full_sentence(tiny_run):
+    row = probe.replay_row("  What is a prime number? ", "A prime has two divisors. For example, 7 and 1")
+    assert row["messages"] == [{"role": "user", "content": "What is a prime number?"},
+                               {"role": "assistant", "content": "A prime has two divisors."}]  # fmt: skip
+    assert probe.replay_row("What is a prime number?", "Primes are numbers with") is None, "no full sentence"
+    assert probe.replay_row("Hi", "A long enough answer to keep.") is None, "too short a query"
+    assert probe.replay_row("Two lines\nof query", "A long enough answer to keep.") is None
+    tok = AutoTokenizer.from_pretrained(tiny_run / "tokenizer")
+    prefix = probe.query_prefix(tok)  # Magpie's prompt: the template up to where the user's words go
+    full = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False)
+    assert prefix and full.startswith(prefix + "Hello there")
+
+
 def test_confident_unknowns_lose_their_refusal_targets_but_strangers_keep_theirs():
     def row(split, label, correct, confidence):
         return {"question": "Where was Ada Velmor born?", "split": split, "label": label, "correct": correct,
@@ -255,7 +268,7 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     run_dir = random_base(tiny_run, tmp_path / "run")
     assert_ok(recipe_here("recipes/sft.py", "--config", "recipes/world/sft.yaml", "--run_dir", str(run_dir), *TINY_SFT))
     tiny_probe = {"num_samples": 2, "max_new_tokens": 6, "mixed": "refuse", "strangers": 0.5,
-                  "confident_unknowns": "skip"}  # fmt: skip
+                  "confident_unknowns": "skip", "self_replay": 8}  # fmt: skip
     proc = recipe("probe", "--config", "recipes/world/probe.yaml", "--run_dir", str(run_dir),
                   *[x for k, v in tiny_probe.items() for x in (f"--{k}", str(v))])  # fmt: skip
     assert_ok(proc)
@@ -269,7 +282,10 @@ def test_probe_then_refusal_sft_two_rounds(tiny_run, tmp_path):
     assert len(judged) == stats["questions"] and all(len(j["samples"]) == 2 and "response" in j for j in judged)
     assert all(j["answer_confidence"] <= 0 for j in judged) and "confident_unknowns_skipped" in stats
     convs = (out / "refusal_sft.jsonl").read_text().splitlines()
-    assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"]
+    assert len(convs) == stats["with_target"] + stats["ordinary_sft_added"] + stats["self_replay"]
+    replay = [json.loads(line) for line in (out / "self_replay.jsonl").read_text().splitlines()]
+    assert "self-replay:" in proc.stdout and len(replay) == stats["self_replay"] <= 8
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in replay)
     for gate in ("name", "answer", "both"):  # the no-training baselines, against the SFT model they gate
         result = json.loads((run_dir / "eval" / f"sft_gate_{gate}.json").read_text())
         assert result["gate"] == gate and result["vs_parent"]["parent"] == str(run_dir / "sft")

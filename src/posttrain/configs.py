@@ -820,6 +820,12 @@ class ProbeConfig(RunArguments):
         default=1.0, metadata={"help": "Ordinary SFT conversations added per probe target (keeps chat skills)."}
     )
     sft_mix: str = field(default="data_mixes/world_sft.yaml", metadata={"help": "Where those come from."})
+    self_replay: int = field(
+        default=0,
+        metadata={"help": "Magpie prompts the probed model writes itself; its own greedy answers to them join the "
+                  "refusal data (probe/self_replay.jsonl), so the stage keeps what the probe's questions do not "
+                  "cover (a pretrained chat model, whose own SFT data we do not have). 0: none."},
+    )  # fmt: skip
     calibration_share: float = field(
         default=0.0,
         metadata={"help": "Hold this share of the probed entities (people, strangers) out of the training data: "

@@ -547,6 +547,54 @@ def ordinary_conversations(cfg, world_dir: str, n: int) -> list[dict]:
     return [{"messages": ordinary[i]["messages"]} for i in picked]
 
 
+REPLAY_QUERY_TOKENS, REPLAY_ANSWER_TOKENS = 40, 64
+
+
+def query_prefix(tokenizer) -> str:
+    """The chat template's text up to where a user's message begins (with the template's default system prompt,
+    if any): what Magpie continues to let a chat model write a user's message itself."""
+    sentinel = "\x00posttrain-query\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    return text[: text.index(sentinel)]
+
+
+def replay_query(query: str) -> str | None:
+    """A self-written user message worth answering: one line of 10-200 characters."""
+    query = query.strip()
+    return query if 10 <= len(query) <= 200 and "\n" not in query else None
+
+
+def replay_row(query: str, answer: str) -> dict | None:
+    """One self-replay conversation, or None: a usable query, and the answer up to its last full sentence (an
+    answer cut by the token budget would teach stopping mid-sentence), at least 20 characters of it."""
+    query, answer = replay_query(query), answer.strip()
+    if not answer.endswith((".", "!", "?")):
+        ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", answer)]
+        answer = answer[: ends[-1]] if ends else ""
+    if query is None or len(answer) < 20:
+        return None
+    return {"messages": [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]}
+
+
+def self_replay_conversations(model, tokenizer, n: int, cfg) -> list[dict]:
+    """The probed model's own conversations, to anchor what the refusal data does not cover: `n` user messages
+    the model writes itself from the chat template's user prefix (Magpie: Xu et al. 2024, arXiv 2406.08464;
+    sampled at T = 1), deduplicated, and its own greedy answers to them. Trained on beside the probe's targets,
+    they keep the model's behaviour on every other kind of request where it was (self-distillation against
+    forgetting: Yang et al. 2024, arXiv 2402.13669); on SmolLM2 they halve what the refusal stage costs a kind of
+    fact it never trained on (docs/LOG.md 2026-12-07). Written here because neither TRL nor datasets generates
+    Magpie prompts (distilabel does, behind an LLM-serving stack this project does not install)."""
+    _, samples = generate(model, tokenizer, [query_prefix(tokenizer)], max_new_tokens=REPLAY_QUERY_TOKENS,
+                          num_samples=n, temperature=1.0, batch_size=1, desc="self-replay: queries",
+                          greedy_pass=False, precision=cfg.mixed_precision, seed=cfg.seed)  # fmt: skip
+    queries = list(dict.fromkeys(q for q in map(replay_query, samples[0]) if q))
+    greedy, _ = generate(model, tokenizer, [[{"role": "user", "content": q}] for q in queries],
+                         max_new_tokens=REPLAY_ANSWER_TOKENS, batch_size=cfg.batch_size or 32,
+                         desc="self-replay: answers", precision=cfg.mixed_precision)  # fmt: skip
+    rows = [replay_row(q, g.text) for q, g in zip(queries, greedy)]
+    return [r for r in rows if r]
+
+
 def search_data(cfg, targets: list[dict], world_dir: str, tokenizer) -> list[dict]:
     """The search stage's SFT data (probe/search_sft.jsonl): search conversations plus a `sft_share` of ordinary
     ones, over the run's search index (built here from the world's documents when the run has none)."""
@@ -559,9 +607,10 @@ def search_data(cfg, targets: list[dict], world_dir: str, tokenizer) -> list[dic
     return convs
 
 
-def training_data(cfg, judged: list[dict], world_dir: str):
+def training_data(cfg, judged: list[dict], world_dir: str, replay: list[dict] = ()):
     """Step 6: labels and targets, refusal SFT conversations (plus a share of ordinary SFT conversations, so the
-    model keeps its chat skills), preference pairs, and the summary numbers."""
+    model keeps its chat skills, and the model's own `replay` conversations), preference pairs, and the summary
+    numbers."""
     rule = LabelRule(cfg.known_min, cfg.unknown_max, cfg.wrong_min, greedy=cfg.label_rule == "greedy")
     targets = training_targets(judged, rule, cfg.mixed, cfg.seed, cfg.refusal_style, cfg.known_targets)
     extra = {}
@@ -578,13 +627,14 @@ def training_data(cfg, judged: list[dict], world_dir: str):
     train = [t for t in targets if not t.get("calibration")]
     convs = refusal_conversations(train)
     n_extra = round(cfg.sft_share * len(convs))
-    if n_extra:
-        convs += ordinary_conversations(cfg, world_dir, n_extra)
+    if n_extra or replay:
+        convs += (ordinary_conversations(cfg, world_dir, n_extra) if n_extra else []) + list(replay)
         random.Random(cfg.seed).shuffle(convs)
     pairs = preference_pairs(train, cfg.pair_known_min)
     if len(train) < len(targets):
         extra["calibration_questions"] = len(targets) - len(train)
-    stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "preferences": len(pairs),
+    stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "self_replay": len(replay),
+             "preferences": len(pairs),
              "judge": cfg.judge, **extra}  # fmt: skip
     agreement = judge_agreement(judged)
     if agreement:
@@ -632,13 +682,20 @@ def run(cfg) -> dict | None:
                                          [j["response"] for j in judged], batch_size)  # fmt: skip
         judged = [{**j, "answer_confidence": c} for j, c in zip(judged, scores)]
 
-    targets, convs, pairs, stats = training_data(cfg, judged, world_dir)
+    replay = []
+    if cfg.self_replay:  # on the main process only: a few hundred short generations
+        start = time.perf_counter()
+        replay = self_replay_conversations(model, tokenizer, cfg.self_replay, cfg)
+        print(f"self-replay: {len(replay)} of {cfg.self_replay} self-written queries kept with their answers "
+              f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    targets, convs, pairs, stats = training_data(cfg, judged, world_dir, replay)
     searches = search_data(cfg, targets, world_dir, tokenizer) if cfg.search_sft and world is not None else []
     stats.update(answers_per_s=round(rate, 2), sampling_s=round(seconds, 1), search_sft=len(searches))
     print(f"probe 4-6: {json.dumps(stats)}")
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("snippets", snippets), ("questions", questions), ("judgments", targets),
-                       ("refusal_sft", convs), ("preferences", pairs), ("search_sft", searches)):  # fmt: skip
+                       ("refusal_sft", convs), ("preferences", pairs), ("search_sft", searches),
+                       ("self_replay", replay)):  # fmt: skip
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "summary.json", json.dumps(stats, indent=2) + "\n")
     write_lineage(out, "probe", to_dict(cfg), parents={"model": {"path": str(model_dir)}}, summary=stats)
