@@ -69,6 +69,8 @@ def test_probe_gate_settings_are_checked(tmp_path):
     assert cfg.gate_baselines and cfg.gate_recall == 0.9, "the SmolLM2 gate row sits at the refusal's retention"
     with pytest.raises(UserError, match="gate_recall must be in"):
         parse_config(ProbeConfig, ["--config", "recipes/world/probe.yaml", "--gate_recall", "1.5"])
+    with pytest.raises(UserError, match="self_replay must be a number of prompts >= 0, got -1"):
+        parse_config(ProbeConfig, ["--config", "recipes/smollm2/probe.yaml", "--self_replay", "-1"])
 
 
 def test_debug_shows_the_traceback(tmp_path):

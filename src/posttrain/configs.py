@@ -853,6 +853,8 @@ class ProbeConfig(RunArguments):
         check_precision(self.mixed_precision)
         if not 0 <= self.calibration_share < 1:
             raise UserError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
+        if self.self_replay < 0:
+            raise UserError(f"self_replay must be a number of prompts >= 0, got {self.self_replay}")
         for key in ("gate_recall", "gate_name_quantile"):
             if not 0 < getattr(self, key) <= 1:
                 raise UserError(f"{key} must be in (0, 1], got {getattr(self, key)}")

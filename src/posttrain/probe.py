@@ -582,8 +582,9 @@ def self_replay_conversations(model, tokenizer, n: int, cfg) -> list[dict]:
     sampled at T = 1), deduplicated, and its own greedy answers to them. Trained on beside the probe's targets,
     they keep the model's behaviour on every other kind of request where it was (self-distillation against
     forgetting: Yang et al. 2024, arXiv 2402.13669); on SmolLM2, at equal retention, the refusal stage then keeps
-    half again to twice as many right answers of a kind of fact it never trained on (docs/LOG.md 2026-12-07). Written here because neither TRL nor datasets generates
-    Magpie prompts (distilabel does, behind an LLM-serving stack this project does not install)."""
+    half again to twice as many right answers of a kind of fact it never trained on (docs/LOG.md 2026-12-07).
+    Written here because neither TRL nor datasets generates Magpie prompts (distilabel does, behind an
+    LLM-serving stack this project does not install)."""
     _, samples = generate(model, tokenizer, [query_prefix(tokenizer)], max_new_tokens=REPLAY_QUERY_TOKENS,
                           num_samples=n, temperature=1.0, batch_size=1, desc="self-replay: queries",
                           greedy_pass=False, precision=cfg.mixed_precision, seed=cfg.seed)  # fmt: skip
