@@ -576,9 +576,9 @@ def replay_row(query: str, answer: str) -> dict | None:
     return {"messages": [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]}
 
 
-def self_replay_conversations(model, tokenizer, n: int, cfg) -> list[dict]:
-    """The probed model's own conversations, to anchor what the refusal data does not cover: `n` user messages
-    the model writes itself from the chat template's user prefix (Magpie: Xu et al. 2024, arXiv 2406.08464;
+def self_replay_conversations(model, tokenizer, cfg) -> list[dict]:
+    """The probed model's own conversations, to anchor what the refusal data does not cover: `cfg.self_replay` user
+    messages the model writes itself from the chat template's user prefix (Magpie: Xu et al. 2024, arXiv 2406.08464;
     sampled at T = 1), deduplicated, and its own greedy answers to them. Trained on beside the probe's targets,
     they keep the model's behaviour on every other kind of request where it was (self-distillation against
     forgetting: Yang et al. 2024, arXiv 2402.13669); on SmolLM2, at equal retention, the refusal stage then keeps
@@ -586,7 +586,7 @@ def self_replay_conversations(model, tokenizer, n: int, cfg) -> list[dict]:
     Written here because neither TRL nor datasets generates Magpie prompts (distilabel does, behind an
     LLM-serving stack this project does not install)."""
     _, samples = generate(model, tokenizer, [query_prefix(tokenizer)], max_new_tokens=REPLAY_QUERY_TOKENS,
-                          num_samples=n, temperature=1.0, batch_size=1, desc="self-replay: queries",
+                          num_samples=cfg.self_replay, temperature=1.0, batch_size=1, desc="self-replay: queries",
                           greedy_pass=False, precision=cfg.mixed_precision, seed=cfg.seed)  # fmt: skip
     queries = list(dict.fromkeys(q for q in map(replay_query, samples[0]) if q))
     greedy, _ = generate(model, tokenizer, [[{"role": "user", "content": q}] for q in queries],
@@ -635,8 +635,7 @@ def training_data(cfg, judged: list[dict], world_dir: str, replay: list[dict] = 
     if len(train) < len(targets):
         extra["calibration_questions"] = len(targets) - len(train)
     stats = {**summary(targets), "refusal_sft": len(convs), "ordinary_sft_added": n_extra, "self_replay": len(replay),
-             "preferences": len(pairs),
-             "judge": cfg.judge, **extra}  # fmt: skip
+             "preferences": len(pairs), "judge": cfg.judge, **extra}  # fmt: skip
     agreement = judge_agreement(judged)
     if agreement:
         stats.update(judge_agreement_with_exact=agreement["accuracy"], judge_vs_exact=agreement)
@@ -686,7 +685,7 @@ def run(cfg) -> dict | None:
     replay = []
     if cfg.self_replay:  # on the main process only: a few hundred short generations
         start = time.perf_counter()
-        replay = self_replay_conversations(model, tokenizer, cfg.self_replay, cfg)
+        replay = self_replay_conversations(model, tokenizer, cfg)
         print(f"self-replay: {len(replay)} of {cfg.self_replay} self-written queries kept with their answers "
               f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
     targets, convs, pairs, stats = training_data(cfg, judged, world_dir, replay)
