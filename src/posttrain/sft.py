@@ -8,6 +8,7 @@ Any causal LM is a base: our pretrain output, a local or Hub model, or the conve
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
@@ -98,6 +99,14 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         if process_state().is_main_process:
             print(f"{cfg.stage}: {what}")
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
+    anchor = None
+    if cfg.anchor_kl > 0:  # the parent as it enters the stage (decline row included), frozen, before any adapter
+        import copy
+
+        from posttrain.decline import decline_id
+
+        parent = copy.deepcopy(model).eval().requires_grad_(False)
+        anchor = Anchor(parent, cfg.anchor_kl, decline_id(tokenizer))
     trainer = SFTTrainer(
         model=model,
         args=cfg,
@@ -106,12 +115,28 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    if trainer.args.device.type == "cpu":
-        unfused_head_on_cpu(trainer.model, fp32=cfg.fp32_lm_head)
+    if trainer.args.device.type == "cpu" or anchor is not None:
+        if anchor is not None:
+            anchor.parent.to(trainer.args.device)
+        unfused_head_on_cpu(trainer.model, fp32=cfg.fp32_lm_head, anchor=anchor)
     return with_callbacks(trainer)
 
 
-def unfused_head_on_cpu(model, fp32: bool = True) -> None:
+@dataclass
+class Anchor:
+    """`anchor_kl`: the loss adds `weight` x KL(parent || model) at every answer token — each assistant token before
+    the row's first decline token (`skip_id`), whose column both distributions leave out — normalised as the token
+    loss is. A refusal stage trains a decision; the term holds what the model answers, once it answers, to what the
+    parent answered: knowledge distillation from the model's own starting point, zero at the first step. Cross-entropy
+    on its own answers alone pushes them towards their templates, and moves answers of kinds the data never holds
+    (LOG 2026-12-08). Written here: TRL's GKD trainer distils every completion token, and a refusal must move away."""
+
+    parent: object
+    weight: float
+    skip_id: int | None
+
+
+def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) -> None:
     """On a CPU, answer SFTTrainer's `fused_lm_head=True` calls with one plain projection of the positions that have a
     label. TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) saves GPU memory by projecting in vocabulary
     tiles, but off CUDA it projects every position, in fp32 whatever the autocast (`_addmm_fp32`), a fourth time in the
@@ -157,8 +182,11 @@ def unfused_head_on_cpu(model, fp32: bool = True) -> None:
             is_top1 = logits.argmax(-1) == targets
         log_probs = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
         n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        loss = -picked.sum() / n
+        if anchor is not None and torch.is_grad_enabled():
+            loss = loss + anchor.weight * _parent_kl(anchor, args, kwargs, labels, mask, logits, fp32) / n
         return FusedCausalLMOutput(
-            loss=-picked.sum() / n,
+            loss=loss,
             log_probs=log_probs,
             entropy=entropy.new_zeros(mask.shape).masked_scatter(mask, entropy),
             is_top1=torch.zeros_like(mask).masked_scatter(mask, is_top1),
@@ -166,6 +194,35 @@ def unfused_head_on_cpu(model, fp32: bool = True) -> None:
         )
 
     target.forward = forward
+
+
+def _parent_kl(anchor: Anchor, args, kwargs, labels, mask, logits, fp32: bool):
+    """Sum over the answer tokens (`Anchor`) of KL(parent || model), from the model's logits at the labelled
+    positions (`mask`) and one no-grad pass of the parent over the same inputs."""
+    import torch
+
+    answer = mask
+    if anchor.skip_id is not None:
+        answer = mask & ((labels == anchor.skip_id).cumsum(-1) == 0)
+    keep = answer[mask]  # among the labelled positions, in their order
+    if not keep.any():
+        return logits.new_zeros(()).float()
+    with torch.no_grad():
+        hidden = anchor.parent.base_model(*args, **kwargs).last_hidden_state[:, :-1][answer]
+        head = anchor.parent.get_output_embeddings()
+        if fp32:
+            with torch.autocast(hidden.device.type, enabled=False):
+                parent_logits = torch.nn.functional.linear(hidden.float(), head.weight.float(),
+                                                           None if head.bias is None else head.bias.float())  # fmt: skip
+        else:
+            parent_logits = head(hidden)
+    own, parent_logits = logits[keep].float(), parent_logits.float()
+    if anchor.skip_id is not None:
+        own = own.index_fill(-1, torch.tensor([anchor.skip_id], device=own.device), float("-inf"))
+        parent_logits = parent_logits.index_fill(-1, torch.tensor([anchor.skip_id], device=own.device), float("-inf"))
+    p_log = parent_logits.log_softmax(-1)
+    terms = p_log.exp() * (p_log - own.log_softmax(-1))
+    return terms.nan_to_num(0.0).sum()  # the left-out column: 0 * (-inf - -inf)
 
 
 def reprobe(cfg, round_: int) -> str:
