@@ -178,8 +178,8 @@ def test_unfused_head_on_cpu_matches_trls_fused_head(precision, fp32_head):
 
 def test_anchor_adds_the_parents_kl_on_answer_tokens_only():
     """`anchor_kl`: the loss grows by weight x KL(parent || model), summed over the labelled tokens before each row's
-    first decline token with that token's column left out, normalised as the token loss; it is zero against an
-    identical parent and its gradient reaches the model."""
+    first decline token, the parent's side with no mass on that token, normalised as the token loss; its gradient
+    reaches the model. `replace`: those tokens' own cross-entropy leaves the loss."""
     import copy
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -211,19 +211,22 @@ def test_anchor_adds_the_parents_kl_on_answer_tokens_only():
         out.loss.backward()
         return out.loss.detach(), m.model.layers[0].mlp.up_proj.weight.grad.clone()
 
+    parent.requires_grad_(False)
     plain, plain_grad = loss(None)
-    same, same_grad = loss(Anchor(copy.deepcopy(model).requires_grad_(False), 3.0, skip))
-    assert torch.allclose(same, plain, atol=1e-6) and torch.allclose(same_grad, plain_grad, atol=1e-6)
-    anchored, anchored_grad = loss(Anchor(parent.requires_grad_(False), 3.0, skip))
-    with torch.no_grad():  # by hand: KL at the positions predicting labels 3..9 of row 0 and 3..5 of row 1
+    anchored, anchored_grad = loss(Anchor(parent, 3.0, skip))
+    only, _ = loss(Anchor(parent, 3.0, skip, replace=True))
+    with torch.no_grad():  # by hand: the positions predicting labels 3..9 of row 0 and 3..5 of row 1 are answers
         mine, theirs = model(input_ids=ids).logits[:, :-1].float(), parent(input_ids=ids).logits[:, :-1].float()
-        mine[..., skip], theirs[..., skip] = float("-inf"), float("-inf")
+        theirs[..., skip] = float("-inf")
         kl = torch.nn.functional.kl_div(mine.log_softmax(-1), theirs.log_softmax(-1), log_target=True,
                                         reduction="none").nan_to_num(0.0).sum(-1)  # fmt: skip
         expected = kl[0, 2:].sum() + kl[1, 2:5].sum()
+        nll = -mine.log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        refusal_nll = nll[1, 5:].sum()  # the refusal's tokens keep their cross-entropy
     assert expected > 1e-3
     assert torch.allclose(anchored - plain, 3.0 * expected / 11, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(anchored_grad, plain_grad)
+    assert torch.allclose(only, (3.0 * expected + refusal_nll) / 11, rtol=1e-4, atol=1e-6)
 
 
 def test_sft_recipe_writes_a_chat_model_and_its_eval(base):

@@ -638,6 +638,11 @@ class SFTStageConfig(TrainerStage, SFTConfig):
                   "starts: what the model answers stays the parent's while the stage trains when to decline "
                   "(posttrain.sft.Anchor). One more forward pass a step. 0: off."},
     )  # fmt: skip
+    anchor_replaces_ce: bool = field(
+        default=False,
+        metadata={"help": "With anchor_kl: the answer tokens lose their cross-entropy, so the parent's distribution "
+                  "is their only target (the answers in the data give the contexts)."},
+    )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()

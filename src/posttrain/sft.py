@@ -106,7 +106,7 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         from posttrain.decline import decline_id
 
         parent = copy.deepcopy(model).eval().requires_grad_(False)
-        anchor = Anchor(parent, cfg.anchor_kl, decline_id(tokenizer))
+        anchor = Anchor(parent, cfg.anchor_kl, decline_id(tokenizer), replace=cfg.anchor_replaces_ce)
     trainer = SFTTrainer(
         model=model,
         args=cfg,
@@ -125,15 +125,17 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
 @dataclass
 class Anchor:
     """`anchor_kl`: the loss adds `weight` x KL(parent || model) at every answer token — each assistant token before
-    the row's first decline token (`skip_id`), whose column both distributions leave out — normalised as the token
-    loss is. A refusal stage trains a decision; the term holds what the model answers, once it answers, to what the
-    parent answered: knowledge distillation from the model's own starting point, zero at the first step. Cross-entropy
-    on its own answers alone pushes them towards their templates, and moves answers of kinds the data never holds
-    (LOG 2026-12-08). Written here: TRL's GKD trainer distils every completion token, and a refusal must move away."""
+    the row's first decline token (`skip_id`) — normalised as the token loss is; the parent's side gives the decline
+    token no mass, so where the data answers the term also says "do not decline here". A refusal stage trains a
+    decision; the term holds what the model answers, once it answers, to what the parent answered: knowledge
+    distillation from the model's own starting point. `replace`: the answer tokens' cross-entropy is dropped, so the
+    answers in the data only give the contexts and the parent gives their targets (its full distribution). Written
+    here: TRL's GKD trainer distils every completion token, and a refusal must move away from the parent."""
 
     parent: object
     weight: float
     skip_id: int | None
+    replace: bool = False
 
 
 def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) -> None:
@@ -182,9 +184,13 @@ def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) 
             is_top1 = logits.argmax(-1) == targets
         log_probs = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
         n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        loss = -picked.sum() / n
         if anchor is not None and torch.is_grad_enabled():
-            loss = loss + anchor.weight * _parent_kl(anchor, args, kwargs, labels, mask, logits, fp32) / n
+            answer = _answer_tokens(anchor, labels, mask)
+            kl = _parent_kl(anchor, args, kwargs, answer, logits[answer[mask]], fp32)
+            kept = picked * (~answer[mask]) if anchor.replace else picked
+            loss = (anchor.weight * kl - kept.sum()) / n
+        else:
+            loss = -picked.sum() / n
         return FusedCausalLMOutput(
             loss=loss,
             log_probs=log_probs,
@@ -196,16 +202,19 @@ def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) 
     target.forward = forward
 
 
-def _parent_kl(anchor: Anchor, args, kwargs, labels, mask, logits, fp32: bool):
-    """Sum over the answer tokens (`Anchor`) of KL(parent || model), from the model's logits at the labelled
-    positions (`mask`) and one no-grad pass of the parent over the same inputs."""
+def _answer_tokens(anchor: Anchor, labels, mask):
+    """The labelled positions before their row's first decline token."""
+    if anchor.skip_id is None:
+        return mask
+    return mask & ((labels == anchor.skip_id).cumsum(-1) == 0)
+
+
+def _parent_kl(anchor: Anchor, args, kwargs, answer, logits, fp32: bool):
+    """Sum over the answer tokens (`answer`, where `logits` are the model's) of KL(parent || model), from one
+    no-grad pass of the parent over the same inputs."""
     import torch
 
-    answer = mask
-    if anchor.skip_id is not None:
-        answer = mask & ((labels == anchor.skip_id).cumsum(-1) == 0)
-    keep = answer[mask]  # among the labelled positions, in their order
-    if not keep.any():
+    if not answer.any():
         return logits.new_zeros(()).float()
     with torch.no_grad():
         hidden = anchor.parent.base_model(*args, **kwargs).last_hidden_state[:, :-1][answer]
@@ -216,13 +225,12 @@ def _parent_kl(anchor: Anchor, args, kwargs, labels, mask, logits, fp32: bool):
                                                            None if head.bias is None else head.bias.float())  # fmt: skip
         else:
             parent_logits = head(hidden)
-    own, parent_logits = logits[keep].float(), parent_logits.float()
-    if anchor.skip_id is not None:
-        own = own.index_fill(-1, torch.tensor([anchor.skip_id], device=own.device), float("-inf"))
-        parent_logits = parent_logits.index_fill(-1, torch.tensor([anchor.skip_id], device=own.device), float("-inf"))
+    parent_logits = parent_logits.float()
+    if anchor.skip_id is not None:  # the parent answers here: no mass on declining
+        parent_logits[:, anchor.skip_id] = float("-inf")
     p_log = parent_logits.log_softmax(-1)
-    terms = p_log.exp() * (p_log - own.log_softmax(-1))
-    return terms.nan_to_num(0.0).sum()  # the left-out column: 0 * (-inf - -inf)
+    terms = p_log.exp() * (p_log - logits.float().log_softmax(-1))
+    return terms.nan_to_num(0.0).sum()  # the decline column: 0 * (-inf - finite)
 
 
 def reprobe(cfg, round_: int) -> str:
