@@ -208,8 +208,10 @@ def test_anchor_adds_the_parents_kl_on_answer_tokens_only():
         add_fused_lm_head(m, outputs=("log_probs", "entropy", "is_top1"))
         unfused_head_on_cpu(m, fp32=True, anchor=anchor)
         out = m(input_ids=ids, labels=labels, fused_lm_head=True, num_items_in_batch=n)
-        out.loss.backward()
-        return out.loss.detach(), m.model.layers[0].mlp.up_proj.weight.grad.clone()
+        trl_loss = -out.log_probs.sum() / n  # what SFTTrainer.compute_loss optimises (it reads log_probs, not loss)
+        assert torch.allclose(trl_loss, out.loss)
+        trl_loss.backward()
+        return trl_loss.detach(), m.model.layers[0].mlp.up_proj.weight.grad.clone()
 
     parent.requires_grad_(False)
     plain, plain_grad = loss(None)

@@ -182,17 +182,15 @@ def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) 
         with torch.no_grad():
             entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
             is_top1 = logits.argmax(-1) == targets
+        if anchor is not None and torch.is_grad_enabled():
+            # SFTTrainer's loss is -sum(log_probs) / tokens: the anchor's per-token term enters there
+            answer = _answer_tokens(anchor, labels, mask)[mask]
+            kl = _parent_kl(anchor, args, kwargs, mask, answer, logits, fp32)
+            picked = (picked * ~answer if anchor.replace else picked) - anchor.weight * kl
         log_probs = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
         n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        if anchor is not None and torch.is_grad_enabled():
-            answer = _answer_tokens(anchor, labels, mask)
-            kl = _parent_kl(anchor, args, kwargs, answer, logits[answer[mask]], fp32)
-            kept = picked * (~answer[mask]) if anchor.replace else picked
-            loss = (anchor.weight * kl - kept.sum()) / n
-        else:
-            loss = -picked.sum() / n
         return FusedCausalLMOutput(
-            loss=loss,
+            loss=-picked.sum() / n,
             log_probs=log_probs,
             entropy=entropy.new_zeros(mask.shape).masked_scatter(mask, entropy),
             is_top1=torch.zeros_like(mask).masked_scatter(mask, is_top1),
@@ -209,15 +207,16 @@ def _answer_tokens(anchor: Anchor, labels, mask):
     return mask & ((labels == anchor.skip_id).cumsum(-1) == 0)
 
 
-def _parent_kl(anchor: Anchor, args, kwargs, answer, logits, fp32: bool):
-    """Sum over the answer tokens (`answer`, where `logits` are the model's) of KL(parent || model), from one
-    no-grad pass of the parent over the same inputs."""
+def _parent_kl(anchor: Anchor, args, kwargs, mask, answer, logits, fp32: bool):
+    """KL(parent || model) at each labelled position (`mask`; `logits` are the model's there), zero where it is
+    not an answer token (`answer`, over the labelled positions), from one no-grad pass of the parent."""
     import torch
 
+    kl = logits.new_zeros(answer.shape, dtype=torch.float32)
     if not answer.any():
-        return logits.new_zeros(()).float()
+        return kl
     with torch.no_grad():
-        hidden = anchor.parent.base_model(*args, **kwargs).last_hidden_state[:, :-1][answer]
+        hidden = anchor.parent.base_model(*args, **kwargs).last_hidden_state[:, :-1][mask][answer]
         head = anchor.parent.get_output_embeddings()
         if fp32:
             with torch.autocast(hidden.device.type, enabled=False):
@@ -229,8 +228,8 @@ def _parent_kl(anchor: Anchor, args, kwargs, answer, logits, fp32: bool):
     if anchor.skip_id is not None:  # the parent answers here: no mass on declining
         parent_logits[:, anchor.skip_id] = float("-inf")
     p_log = parent_logits.log_softmax(-1)
-    terms = p_log.exp() * (p_log - logits.float().log_softmax(-1))
-    return terms.nan_to_num(0.0).sum()  # the decline column: 0 * (-inf - finite)
+    terms = p_log.exp() * (p_log - logits[answer].float().log_softmax(-1))
+    return kl.masked_scatter(answer, terms.nan_to_num(0.0).sum(-1))  # the decline column: 0 * (-inf - finite)
 
 
 def reprobe(cfg, round_: int) -> str:
