@@ -73,13 +73,6 @@ def test_probe_gate_settings_are_checked(tmp_path):
         parse_config(ProbeConfig, ["--config", "recipes/smollm2/probe.yaml", "--self_replay", "-1"])
 
 
-def test_refusal_anchor_weight_is_checked():
-    from posttrain.configs import SFTStageConfig
-
-    with pytest.raises(UserError, match="anchor_kl must be >= 0, got -0.5"):
-        parse_config(SFTStageConfig, ["--config", "recipes/smollm2/refusal.yaml", "--anchor_kl", "-0.5"])
-
-
 def test_debug_shows_the_traceback(tmp_path):
     """--debug: the entrypoint lets the exception through (Python prints its traceback) instead of one line."""
     with pytest.raises(UserError, match="config file not found"):

@@ -176,61 +176,6 @@ def test_unfused_head_on_cpu_matches_trls_fused_head(precision, fp32_head):
     assert torch.allclose(plain_a.loss, plain_b.loss) and plain_b.logits.shape == (3, 12, 300)
 
 
-def test_anchor_adds_the_parents_kl_on_answer_tokens_only():
-    """`anchor_kl`: the loss grows by weight x KL(parent || model), summed over the labelled tokens before each row's
-    first decline token, the parent's side with no mass on that token, normalised as the token loss; its gradient
-    reaches the model. `replace`: those tokens' own cross-entropy leaves the loss."""
-    import copy
-
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from trl.trainer.utils import add_fused_lm_head
-
-    from posttrain.sft import Anchor, unfused_head_on_cpu
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    parent = LlamaForCausalLM(config)
-    model = copy.deepcopy(parent)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    skip = 7
-    ids = torch.randint(10, 300, (2, 10))
-    labels = ids.clone()
-    labels[:, :3] = -100
-    labels[1, 6] = skip  # row 1 declines at position 6: its labels from there on are a refusal
-    ids[1, 6] = skip
-    n = torch.tensor(11)
-
-    def loss(anchor):
-        m = copy.deepcopy(model)
-        add_fused_lm_head(m, outputs=("log_probs", "entropy", "is_top1"))
-        unfused_head_on_cpu(m, fp32=True, anchor=anchor)
-        out = m(input_ids=ids, labels=labels, fused_lm_head=True, num_items_in_batch=n)
-        trl_loss = -out.log_probs.sum() / n  # what SFTTrainer.compute_loss optimises (it reads log_probs, not loss)
-        assert torch.allclose(trl_loss, out.loss)
-        trl_loss.backward()
-        return trl_loss.detach(), m.model.layers[0].mlp.up_proj.weight.grad.clone()
-
-    parent.requires_grad_(False)
-    plain, plain_grad = loss(None)
-    anchored, anchored_grad = loss(Anchor(parent, 3.0, skip))
-    only, _ = loss(Anchor(parent, 3.0, skip, replace=True))
-    with torch.no_grad():  # by hand: the positions predicting labels 3..9 of row 0 and 3..5 of row 1 are answers
-        mine, theirs = model(input_ids=ids).logits[:, :-1].float(), parent(input_ids=ids).logits[:, :-1].float()
-        theirs[..., skip] = float("-inf")
-        kl = torch.nn.functional.kl_div(mine.log_softmax(-1), theirs.log_softmax(-1), log_target=True,
-                                        reduction="none").nan_to_num(0.0).sum(-1)  # fmt: skip
-        expected = kl[0, 2:].sum() + kl[1, 2:5].sum()
-        nll = -mine.log_softmax(-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        refusal_nll = nll[1, 5:].sum()  # the refusal's tokens keep their cross-entropy
-    assert expected > 1e-3
-    assert torch.allclose(anchored - plain, 3.0 * expected / 11, rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(anchored_grad, plain_grad)
-    assert torch.allclose(only, (3.0 * expected + refusal_nll) / 11, rtol=1e-4, atol=1e-6)
-
-
 def test_sft_recipe_writes_a_chat_model_and_its_eval(base):
     proc = recipe("sft", "--config", "recipes/world/sft.yaml", "--run_dir", str(base), *TINY_SFT)
     assert_ok(proc)

@@ -631,18 +631,6 @@ class SFTStageConfig(TrainerStage, SFTConfig):
         metadata={"help": "Train only the last N decoder layers, the final norm and the LM head; freeze the "
                   "embeddings and the layers below (as LLaMA-Factory's freeze tuning). Default: train everything."},
     )  # fmt: skip
-    anchor_kl: float = field(
-        default=0.0,
-        metadata={"help": "Add this weight x KL(parent || model) on every answer token (the assistant tokens before "
-                  "a decline token; that token's column left out), against a frozen copy of the model as the stage "
-                  "starts: what the model answers stays the parent's while the stage trains when to decline "
-                  "(posttrain.sft.Anchor). One more forward pass a step. 0: off."},
-    )  # fmt: skip
-    anchor_replaces_ce: bool = field(
-        default=False,
-        metadata={"help": "With anchor_kl: the answer tokens lose their cross-entropy, so the parent's distribution "
-                  "is their only target (the answers in the data give the contexts)."},
-    )  # fmt: skip
 
     def __post_init__(self):
         super().__post_init__()
@@ -651,8 +639,6 @@ class SFTStageConfig(TrainerStage, SFTConfig):
             raise UserError(f"confidence_target must be in (0, 1), got {self.confidence_target}")
         if self.keep_right is not None and not 0 < self.keep_right <= 1:
             raise UserError(f"keep_right must be in (0, 1], got {self.keep_right}")
-        if self.anchor_kl < 0:
-            raise UserError(f"anchor_kl must be >= 0, got {self.anchor_kl}")
 
 
 @dataclass

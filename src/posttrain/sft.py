@@ -8,7 +8,6 @@ Any causal LM is a base: our pretrain output, a local or Hub model, or the conve
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
@@ -99,14 +98,6 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         if process_state().is_main_process:
             print(f"{cfg.stage}: {what}")
     eval_data = data.get("test") if cfg.eval_strategy != "no" else None
-    anchor = None
-    if cfg.anchor_kl > 0:  # the parent as it enters the stage (decline row included), frozen, before any adapter
-        import copy
-
-        from posttrain.decline import decline_id
-
-        parent = copy.deepcopy(model).eval().requires_grad_(False)
-        anchor = Anchor(parent, cfg.anchor_kl, decline_id(tokenizer), replace=cfg.anchor_replaces_ce)
     trainer = SFTTrainer(
         model=model,
         args=cfg,
@@ -115,30 +106,12 @@ def build_trainer(cfg, model_args, model, tokenizer, data) -> SFTTrainer:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    if trainer.args.device.type == "cpu" or anchor is not None:
-        if anchor is not None:
-            anchor.parent.to(trainer.args.device)
-        unfused_head_on_cpu(trainer.model, fp32=cfg.fp32_lm_head, anchor=anchor)
+    if trainer.args.device.type == "cpu":
+        unfused_head_on_cpu(trainer.model, fp32=cfg.fp32_lm_head)
     return with_callbacks(trainer)
 
 
-@dataclass
-class Anchor:
-    """`anchor_kl`: the loss adds `weight` x KL(parent || model) at every answer token — each assistant token before
-    the row's first decline token (`skip_id`) — normalised as the token loss is; the parent's side gives the decline
-    token no mass, so where the data answers the term also says "do not decline here". A refusal stage trains a
-    decision; the term holds what the model answers, once it answers, to what the parent answered: knowledge
-    distillation from the model's own starting point. `replace`: the answer tokens' cross-entropy is dropped, so the
-    answers in the data only give the contexts and the parent gives their targets (its full distribution). Written
-    here: TRL's GKD trainer distils every completion token, and a refusal must move away from the parent."""
-
-    parent: object
-    weight: float
-    skip_id: int | None
-    replace: bool = False
-
-
-def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) -> None:
+def unfused_head_on_cpu(model, fp32: bool = True) -> None:
     """On a CPU, answer SFTTrainer's `fused_lm_head=True` calls with one plain projection of the positions that have a
     label. TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`) saves GPU memory by projecting in vocabulary
     tiles, but off CUDA it projects every position, in fp32 whatever the autocast (`_addmm_fp32`), a fourth time in the
@@ -182,11 +155,6 @@ def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) 
         with torch.no_grad():
             entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
             is_top1 = logits.argmax(-1) == targets
-        if anchor is not None and torch.is_grad_enabled():
-            # SFTTrainer's loss is -sum(log_probs) / tokens: the anchor's per-token term enters there
-            answer = _answer_tokens(anchor, labels, mask)[mask]
-            kl = _parent_kl(anchor, args, kwargs, mask, answer, logits, fp32)
-            picked = (picked * ~answer if anchor.replace else picked) - anchor.weight * kl
         log_probs = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
         n = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(
@@ -198,38 +166,6 @@ def unfused_head_on_cpu(model, fp32: bool = True, anchor: Anchor | None = None) 
         )
 
     target.forward = forward
-
-
-def _answer_tokens(anchor: Anchor, labels, mask):
-    """The labelled positions before their row's first decline token."""
-    if anchor.skip_id is None:
-        return mask
-    return mask & ((labels == anchor.skip_id).cumsum(-1) == 0)
-
-
-def _parent_kl(anchor: Anchor, args, kwargs, mask, answer, logits, fp32: bool):
-    """KL(parent || model) at each labelled position (`mask`; `logits` are the model's there), zero where it is
-    not an answer token (`answer`, over the labelled positions), from one no-grad pass of the parent."""
-    import torch
-
-    kl = logits.new_zeros(answer.shape, dtype=torch.float32)
-    if not answer.any():
-        return kl
-    with torch.no_grad():
-        hidden = anchor.parent.base_model(*args, **kwargs).last_hidden_state[:, :-1][mask][answer]
-        head = anchor.parent.get_output_embeddings()
-        if fp32:
-            with torch.autocast(hidden.device.type, enabled=False):
-                parent_logits = torch.nn.functional.linear(hidden.float(), head.weight.float(),
-                                                           None if head.bias is None else head.bias.float())  # fmt: skip
-        else:
-            parent_logits = head(hidden)
-    parent_logits = parent_logits.float()
-    if anchor.skip_id is not None:  # the parent answers here: no mass on declining
-        parent_logits[:, anchor.skip_id] = float("-inf")
-    p_log = parent_logits.log_softmax(-1)
-    terms = p_log.exp() * (p_log - logits[answer].float().log_softmax(-1))
-    return kl.masked_scatter(answer, terms.nan_to_num(0.0).sum(-1))  # the decline column: 0 * (-inf - finite)
 
 
 def reprobe(cfg, round_: int) -> str:
