@@ -113,6 +113,44 @@ def test_prepare_chat_adds_template_pad_and_stop():
     assert "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\nI am Posty.<|im_end|>" in text
 
 
+SMOL_LIKE_TEMPLATE = (  # SmolLM2's own template, with its default system message; no generation markers
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are Posty, a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_training_template_keeps_the_default_system_message():
+    """A ChatML template without generation markers becomes posttrain's, which writes the original's default system
+    message where a conversation has none: the same text as the original, the loss on the answer only."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    raw.train_from_iterator(["You are Posty, a helpful assistant. Who are you? I am Posty."] * 10, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|pad|>")  # fmt: skip
+    tok.chat_template = SMOL_LIKE_TEMPLATE
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    msgs = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Posty."}]
+    before = [tok.apply_chat_template(msgs, tokenize=False),
+              tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)]  # fmt: skip
+    assert any("training template" in c for c in prepare_chat(model, tok))
+    after = [tok.apply_chat_template(msgs, tokenize=False),
+             tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)]  # fmt: skip
+    assert after == before and "You are Posty, a helpful assistant" in after[0]
+    own = tok.apply_chat_template([{"role": "system", "content": "Be brief."}] + msgs, tokenize=False)
+    assert own.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "Posty, a helpful" not in own
+    enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]) == "I am Posty.<|im_end|>"
+
+
 def test_freeze_below_trains_only_the_top_of_the_model():
     """`trainable_last_layers`: one optimizer step moves the last layers, final norm and head, nothing below."""
     from transformers import LlamaConfig, LlamaForCausalLM

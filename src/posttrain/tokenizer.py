@@ -9,6 +9,7 @@ assistant turns are wrapped in `{% generation %}` markers: TRL's `assistant_only
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -29,8 +30,8 @@ SPECIAL_TOKENS = [BOS, PAD, IM_START, END_OF_TURN]
 # Tool calls in the Hermes/Qwen2.5 form most open chat models and TRL's parsers know: `tools` are listed in a system turn, an assistant turn's `tool_calls` are
 # written as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, a `tool` message is its own turn. A
 # conversation without tools renders exactly as plain ChatML.
-CHAT_TEMPLATE = (
-    "{%- if bos_token and bos_token != '<|im_start|>' %}{{- bos_token }}{%- endif %}"
+_BOS_LINE = "{%- if bos_token and bos_token != '<|im_start|>' %}{{- bos_token }}{%- endif %}"
+_CHAT_BODY = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
@@ -54,6 +55,24 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
+CHAT_TEMPLATE = _BOS_LINE + _CHAT_BODY
+
+
+def chatml_template(default_system: str | None = None) -> str:
+    """posttrain's ChatML; with `default_system`, the system message that a conversation without one (and without
+    tools) gets, as a base model's own template may write it (SmolLM2: "You are a helpful AI assistant named SmolLM,
+    trained by Hugging Face"). A trained model then sees the prompt its parent was probed and evaluated with."""
+    if not default_system:
+        return CHAT_TEMPLATE
+    literal = json.dumps(default_system)  # a Jinja string literal: the same escapes as JSON's
+    return (_BOS_LINE + "{%- if not tools and messages[0]['role'] != 'system' %}"
+            "{{- '<|im_start|>system\n' + " + literal + " + '<|im_end|>\n' }}{%- endif %}" + _CHAT_BODY)  # fmt: skip
+
+
+def is_chatml_template(template: str | None) -> bool:
+    """Whether `template` is posttrain's ChatML (with or without a default system message)."""
+    return bool(template) and template.startswith(_BOS_LINE) and template.endswith(_CHAT_BODY)
+
 
 # How `tokenizer.parse_response` reads a reply written in CHAT_TEMPLATE's form back into a message (transformers'
 # response templates; the same shape as TRL's qwen3_template): text content, then any <tool_call> JSON objects.
