@@ -317,7 +317,10 @@ def test_sft_of_the_converted_smollm2(converted, tiny_run, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run_dir / "sft")
     assert len(tok) == model.get_input_embeddings().weight.shape[0] == 49152, "no token added"
     assert model.generation_config.eos_token_id[0] == tok.convert_tokens_to_ids("<|im_end|>")
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "bos is <|im_start|>: not doubled"
+    hi = [{"role": "user", "content": "hi"}]
+    text = tok.apply_chat_template(hi, tokenize=False, add_generation_prompt=True)
+    own = AutoTokenizer.from_pretrained(converted).apply_chat_template(hi, tokenize=False, add_generation_prompt=True)
+    assert text == own, "SmolLM2's own prompt, its default system message included"
+    assert text.count("<|im_start|>") == 3 and text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     result = json.loads((run_dir / "eval" / "sft.json").read_text())
     assert result["buckets"]["overall"]["n"] == 6
