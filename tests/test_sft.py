@@ -88,20 +88,26 @@ def test_assistant_only_loss_masks_token_by_token(base, tmp_path):
     assert trained == ["Ada was born in Oslo.<|im_end|>She works for Velmor Labs.<|im_end|>"]
 
 
-def test_prepare_chat_adds_template_pad_and_stop():
-    """A tokenizer without chat template or pad token gets both, in the one documented way."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _tiny_bpe_and_model(text: str, special_tokens: list[str], **tokens):
+    """A byte-level BPE tokenizer trained on `text` (`tokens`: its bos/eos/pad) and a one-layer Llama sized to it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    raw.train_from_iterator(["Who are you? I am Posty."] * 10, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
-    model = LlamaForCausalLM(config)
+    raw.train_from_iterator([text] * 10, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, **tokens)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    return tok, model
+
+
+def test_prepare_chat_adds_template_pad_and_stop():
+    """A tokenizer without chat template or pad token gets both, in the one documented way."""
+    tok, model = _tiny_bpe_and_model("Who are you? I am Posty.", ["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
     assert tok.chat_template is None and tok.pad_token is None
     n = len(tok)
     changes = prepare_chat(model, tok)
@@ -124,20 +130,10 @@ SMOL_LIKE_TEMPLATE = (  # SmolLM2's own template, with its default system messag
 def test_training_template_keeps_the_default_system_message():
     """A ChatML template without generation markers becomes posttrain's, which writes the original's default system
     message where a conversation has none: the same text as the original, the loss on the answer only."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    raw.train_from_iterator(["You are Posty, a helpful assistant. Who are you? I am Posty."] * 10, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|pad|>")  # fmt: skip
+    tok, model = _tiny_bpe_and_model("You are Posty, a helpful assistant. Who are you? I am Posty.",
+                                     ["<|im_start|>", "<|im_end|>", "<|pad|>"], bos_token="<|im_start|>",
+                                     eos_token="<|im_end|>", pad_token="<|pad|>")  # fmt: skip
     tok.chat_template = SMOL_LIKE_TEMPLATE
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
     msgs = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Posty."}]
     before = [tok.apply_chat_template(msgs, tokenize=False),
               tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)]  # fmt: skip

@@ -81,7 +81,7 @@ def default_system(tokenizer) -> str | None:
     packaged SmolLM2 answers fewer real questions right (known + rare 0.41 -> 0.38, currencies 0.41 -> 0.31; LOG
     2026-12-08), and every stage trained on it would be measured against a base that saw another prompt."""
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "ping"}], tokenize=False)
+        text = tokenizer.apply_chat_template(_PROBE[:1], tokenize=False)
     except Exception:  # a template that cannot render a lone user turn has no default to keep
         return None
     head = IM_START + "system\n"
